@@ -1,0 +1,15 @@
+"""Batched clustering of many small memories behind one backend interface."""
+
+from meds_core.clustering._batch import HDBSCANParams, cluster_batch
+from meds_core.clustering._knn import knn_vote
+from meds_core.clustering._registry import available_backends, get_backend, register_backend, resolve_backend
+
+__all__ = [
+    "HDBSCANParams",
+    "available_backends",
+    "cluster_batch",
+    "get_backend",
+    "knn_vote",
+    "register_backend",
+    "resolve_backend",
+]

@@ -1,0 +1,64 @@
+"""cluster_batch(): cluster many small problems with one backend call."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from meds_core.clustering import _library  # noqa: F401  (registers the library backends)
+from meds_core.clustering._registry import get_backend
+
+
+class HDBSCANParams(NamedTuple):
+    """HDBSCAN parameters with the hdbscan library's meaning (``min_samples`` excludes the point itself)."""
+
+    min_cluster_size: int = 2
+    min_samples: int = 1
+    cluster_selection_method: str = "eom"
+    allow_single_cluster: bool = False
+    cluster_selection_epsilon: float = 0.0
+
+
+def needs_backend(n: int, params: HDBSCANParams) -> bool:
+    """False where no cluster can form (fewer rows than a core neighbourhood or than one cluster): all noise."""
+    return not (n < 2 or n <= params.min_samples or n < params.min_cluster_size)
+
+
+def cluster_batch(problems: Sequence[np.ndarray], params: HDBSCANParams, backend: str = "auto") -> list[np.ndarray]:
+    """Cluster every problem; the backend is called once, for the problems that can hold a cluster.
+
+    Parameters
+    ----------
+    problems : list of ndarray of shape (n_i, d), float
+        One dataset per memory; rows are clustered with euclidean distance.
+    params : HDBSCANParams
+    backend : str
+        Registered backend name or ``'auto'``.
+
+    Returns
+    -------
+    list of ndarray of shape (n_i,), int64
+        Cluster labels per problem, noise -1. Problems too small to hold a cluster are all noise.
+    """
+    labels: list[np.ndarray | None] = [None] * len(problems)
+    todo = []
+    for i, X in enumerate(problems):
+        if not needs_backend(len(X), params):
+            labels[i] = np.full(len(X), -1, dtype=np.int64)
+        else:
+            todo.append(i)
+    if todo:
+        run = get_backend(backend)
+        results = run([np.ascontiguousarray(problems[i], dtype=np.float64) for i in todo], params)
+        if len(results) != len(todo):
+            raise RuntimeError(f"clustering backend {backend!r} returned {len(results)} label arrays for "
+                               f"{len(todo)} problems")
+        for i, lab in zip(todo, results):
+            lab = np.asarray(lab, dtype=np.int64)
+            if lab.shape != (len(problems[i]),):
+                raise RuntimeError(f"clustering backend {backend!r} returned labels of shape {lab.shape} for a "
+                                   f"problem of {len(problems[i])} rows")
+            labels[i] = lab
+    return labels  # type: ignore[return-value]

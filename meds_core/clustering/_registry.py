@@ -1,0 +1,50 @@
+"""Name -> clustering backend. A backend clusters a whole list of problems in one call.
+
+Backend signature: ``fn(problems, params) -> labels`` where ``problems`` is a list of float64 arrays
+``[n_i, d]`` (every ``n_i`` large enough to cluster: trivial problems never reach a backend) and
+``labels`` a list of int64 arrays ``[n_i]`` (noise -1). Backends are registered as zero-argument
+factories so optional libraries are imported only when a backend is first used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+Backend = Callable[[Sequence[np.ndarray], "object"], list[np.ndarray]]
+
+_FACTORIES: dict[str, Callable[[], Backend]] = {}
+_LOADED: dict[str, Backend] = {}
+
+
+def register_backend(name: str, factory: Callable[[], Backend], *, overwrite: bool = False) -> None:
+    """Register ``factory`` (returns the backend function) under ``name``."""
+    if name == "auto":
+        raise ValueError("'auto' is reserved; register the backend under its own name.")
+    if name in _FACTORIES and not overwrite:
+        raise ValueError(f"clustering backend {name!r} is already registered; pass overwrite=True to replace it.")
+    _FACTORIES[name] = factory
+    _LOADED.pop(name, None)
+
+
+def available_backends() -> list[str]:
+    """Registered backend names (their optional libraries may still be missing)."""
+    return sorted(_FACTORIES)
+
+
+def resolve_backend(name: str) -> str:
+    """Map ``'auto'`` to a concrete backend name; check that other names are registered."""
+    if name == "auto":
+        return "hdbscan"
+    if name not in _FACTORIES:
+        raise ValueError(f"unknown clustering backend {name!r}; use 'auto' or one of {available_backends()}.")
+    return name
+
+
+def get_backend(name: str) -> Backend:
+    """The backend function for ``name`` (``'auto'`` resolved), importing its library on first use."""
+    name = resolve_backend(name)
+    if name not in _LOADED:
+        _LOADED[name] = _FACTORIES[name]()
+    return _LOADED[name]

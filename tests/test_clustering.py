@@ -1,0 +1,97 @@
+"""Backend interface, trivial problems, library backends agree, the batched k-NN vote vs a brute oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn.metrics import adjusted_rand_score
+
+from meds_core.clustering import (
+    HDBSCANParams,
+    available_backends,
+    cluster_batch,
+    get_backend,
+    knn_vote,
+    resolve_backend,
+)
+
+
+def brute_vote(S, labels, Q, k):
+    """One query at a time: sort by (cosine distance to 1e-9, index), count labels, ties to the smallest label."""
+    out = []
+    for q in Q:
+        dist = [round(1.0 - sum(float(a) * float(b) for a, b in zip(s, q)), 9) for s in S]
+        order = sorted(range(len(S)), key=lambda i: (dist[i], i))[:min(k, len(S))]
+        votes = {}
+        for i in order:
+            votes[labels[i]] = votes.get(labels[i], 0) + 1
+        best = max(votes.values())
+        out.append(min(lab for lab, c in votes.items() if c == best))
+    return np.array(out, dtype=np.int64)
+
+
+def _unit(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+memories = st.lists(
+    st.tuples(st.integers(1, 40), st.integers(1, 9), st.integers(0, 2**31 - 1)), min_size=1, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(memories, st.integers(1, 5), st.booleans())
+def test_knn_vote_matches_brute_force(specs, k, discrete):
+    stored, labels, queries = [], [], []
+    for n, m, seed in specs:
+        r = np.random.default_rng(seed)
+        # discrete coordinates create exact distance ties, continuous ones none
+        def draw(*shape, r=r):
+            return r.integers(-2, 3, size=shape) + 1e-3 if discrete else r.normal(size=shape)
+
+        stored.append(_unit(draw(n, 3)))
+        labels.append(r.integers(-1, 3, size=n))
+        queries.append(_unit(draw(m, 3)))
+    got = knn_vote(stored, labels, queries, k)
+    for S, lab, Q, g in zip(stored, labels, queries, got):
+        np.testing.assert_array_equal(g, brute_vote(S, lab, Q, k))
+
+
+def test_knn_vote_ties_go_to_smallest_label_and_older_rows():
+    S = _unit(np.array([[1.0, 0], [0, 1.0], [1.0, 1.0], [1.0, 0]]))
+    q = _unit(np.array([[1.0, 0.0]]))
+    # neighbours of q: rows 0 and 3 (distance 0; row 0 is older), then row 2
+    assert knn_vote([S], [np.array([5, 7, 2, 9])], [q], k=3)[0].tolist() == [2]   # 1 vote each -> smallest
+    assert knn_vote([S], [np.array([5, 7, 2, 9])], [q], k=1)[0].tolist() == [5]   # the older of two equals
+    assert knn_vote([S], [np.array([4, 7, 4, -1])], [q], k=3)[0].tolist() == [4]  # majority wins
+    assert knn_vote([S[:1]], [np.array([3])], [q], k=3)[0].tolist() == [3]        # k = min(k, n)
+
+
+def test_trivial_problems_are_noise_without_a_backend_call():
+    params = HDBSCANParams(min_cluster_size=3, min_samples=1)
+    out = cluster_batch([np.zeros((0, 2)), np.zeros((1, 2)), np.ones((2, 2))], params, backend="hdbscan")
+    assert [o.tolist() for o in out] == [[], [-1], [-1, -1]]
+
+
+def _blobs(seed, n_per=12, centers=3, d=5):
+    r = np.random.default_rng(seed)
+    c = r.normal(size=(centers, d)) * 10
+    return np.concatenate([c[i] + r.normal(scale=0.2, size=(n_per, d)) for i in range(centers)])
+
+
+@pytest.mark.parametrize("params", [HDBSCANParams(2, 1), HDBSCANParams(5, 3), HDBSCANParams(4, 2, "leaf")])
+def test_sklearn_backend_agrees_with_hdbscan_library(params):
+    problems = [_blobs(s) for s in range(8)]
+    a = cluster_batch(problems, params, backend="hdbscan")
+    b = cluster_batch(problems, params, backend="sklearn")
+    for x, y in zip(a, b):
+        assert adjusted_rand_score(x, y) == 1.0
+    assert all(len(np.unique(x[x >= 0])) >= 3 for x in a)
+
+
+def test_registry_names_and_errors():
+    assert {"hdbscan", "sklearn"} <= set(available_backends())
+    assert resolve_backend("auto") in available_backends()
+    with pytest.raises(ValueError, match=r"unknown clustering backend 'nope'; use 'auto' or one of"):
+        get_backend("nope")
