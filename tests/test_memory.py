@@ -1,0 +1,261 @@
+"""ErrorMemory: step semantics against the literal reference oracle, bounds, inputs, persistence."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from reference_meds import ReferenceMemory, blob_stream
+
+from meds_core import ErrorMemory, MEDSConfig
+from meds_core._memory_io import MemoryFileError
+from meds_core.clustering import get_backend, register_backend
+
+
+def _config(**kw):
+    return MEDSConfig(use_last_n_layers=6, **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("noise_policy", ["pool", "ignore"])
+def test_matches_reference_step_exactly(seed, noise_policy):
+    memory = ErrorMemory(_config(noise_policy=noise_policy, backend="hdbscan"))
+    ref = ReferenceMemory(noise_policy=noise_policy)
+    saw_cluster = False
+    for keys, feats, correct in blob_stream(seed):
+        got = memory.update(keys, feats, correct)
+        sizes, labels = ref.step(keys, feats, correct)
+        np.testing.assert_array_equal(got.cluster_size, sizes)
+        np.testing.assert_array_equal(got.label, labels)
+        saw_cluster |= bool((sizes > 1).any())
+    assert saw_cluster, "the stream must produce non-trivial clusters for the comparison to mean anything"
+    for mk, rows in ref.feats.items():
+        np.testing.assert_array_equal(memory.rows(*mk), np.asarray(rows, dtype=np.float32))
+        np.testing.assert_array_equal(memory.labels(*mk), ref.labels[mk])
+
+
+def test_matches_reference_with_eviction_and_min_cluster_size():
+    memory = ErrorMemory(_config(max_rows_per_memory=20, min_cluster_size=3, min_samples=2, backend="hdbscan"))
+    ref = ReferenceMemory(min_cluster_size=3, min_samples=2, cap=20)
+    for keys, feats, correct in blob_stream(7, steps=8):
+        got = memory.update(keys, feats, correct)
+        sizes, labels = ref.step(keys, feats, correct)
+        np.testing.assert_array_equal(got.cluster_size, sizes)
+        np.testing.assert_array_equal(got.label, labels)
+    assert max(len(memory.rows(*mk)) for mk in memory.keys()) == 20
+    for mk, rows in ref.feats.items():  # the oldest rows went first
+        np.testing.assert_array_equal(memory.rows(*mk), np.asarray(rows, dtype=np.float32))
+
+
+def test_single_method_counts_stored_rows():
+    memory = ErrorMemory(_config(cluster_method="single"))
+    ref = ReferenceMemory(method="single")
+    for keys, feats, correct in blob_stream(3, steps=4):
+        got = memory.update(keys, feats, correct)
+        sizes, _ = ref.step(keys, feats, correct)
+        np.testing.assert_array_equal(got.cluster_size, sizes)
+        assert got.stats["backend_calls"] == 0
+
+
+def test_first_visit_has_size_zero_and_current_step_rows_never_count():
+    memory = ErrorMemory(_config())
+    feats = np.ones((5, 6), np.float32)  # five identical wrong rows of one prompt in ONE step
+    res = memory.update(["p"] * 5, feats, np.zeros(5))
+    np.testing.assert_array_equal(res.cluster_size, 0)
+    res = memory.update(["p"], feats[:1], np.zeros(1))
+    # one mode only: allow_single_cluster=False makes it noise, and noise pools (reference default)
+    assert res.cluster_size[0] == 5 and res.label[0] == -1
+
+
+def test_correct_and_wrong_are_separate_memories():
+    memory = ErrorMemory(_config())
+    feats = np.ones((4, 6), np.float32)
+    memory.update(["p"] * 4, feats, [1, 1, 0, 0])
+    assert len(memory) == 2 and len(memory.rows("p", 1)) == 2 and len(memory.rows("p", 0)) == 2
+    res = memory.update(["p", "p"], feats[:2], [True, False])
+    np.testing.assert_array_equal(res.cluster_size, [2, 2])
+    np.testing.assert_array_equal(res.group, [1, 0])
+
+
+class _CountingBackend:
+    """Delegates to the real hdbscan backend and counts the calls."""
+
+    calls = 0
+
+    @classmethod
+    def factory(cls):
+        real = get_backend("hdbscan")
+
+        def run(problems, params):
+            cls.calls += 1
+            return real(problems, params)
+
+        return run
+
+
+register_backend("counting-hdbscan", _CountingBackend.factory, overwrite=True)
+
+
+def test_one_backend_call_per_step_for_every_touched_memory():
+    memory = ErrorMemory(_config(backend="counting-hdbscan"))
+    for i, (keys, feats, correct) in enumerate(blob_stream(5, steps=4, prompts=10), start=1):
+        res = memory.update(keys, feats, correct)
+        assert _CountingBackend.calls == i
+        assert res.stats["backend_calls"] == 1
+        assert res.stats["memories_touched"] == 20
+
+
+def test_batch_permutation_gives_the_same_size_per_row():
+    stream = list(blob_stream(11, steps=5))
+    a, b = ErrorMemory(_config()), ErrorMemory(_config())
+    for keys, feats, correct in stream[:4]:
+        a.update(keys, feats, correct)
+        b.update(keys, feats, correct)
+    keys, feats, correct = stream[4]
+    perm = np.random.default_rng(0).permutation(len(keys))
+    ra = a.update(keys, feats, correct)
+    rb = b.update([keys[i] for i in perm], feats[perm], correct[perm])
+    np.testing.assert_array_equal(ra.cluster_size[perm], rb.cluster_size)
+    np.testing.assert_array_equal(ra.label[perm], rb.label)
+
+
+def test_skipped_rows_are_counted_and_the_rest_processed():
+    memory = ErrorMemory(_config())
+    feats = np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32)
+    feats[1, 2] = np.nan
+    feats[2, 0] = np.inf
+    res = memory.update(list("abcdef"), feats, [0, 0, 1, -1, 1, 0])
+    np.testing.assert_array_equal(res.valid, [True, False, False, False, True, True])
+    assert res.stats["skipped_rows"] == 3
+    assert res.stats["skipped_nonfinite"] == 2 and res.stats["skipped_unknown"] == 1
+    assert memory.num_rows == 3 and res.stats["rows_stored"] == 3
+    np.testing.assert_array_equal(res.group, [0, 0, 1, -1, 1, 0])
+
+
+def test_empty_single_and_all_nan_batches():
+    memory = ErrorMemory(_config())
+    res = memory.update([], np.empty((0, 6), np.float32), [])
+    assert res.cluster_size.shape == (0,) and res.stats["rows_added"] == 0
+    res = memory.update(["x"], np.ones((1, 6)), [0])
+    assert res.valid.tolist() == [True] and memory.num_rows == 1
+    res = memory.update(["x", "y"], np.full((2, 6), np.nan), [0, 0])
+    assert res.stats["skipped_rows"] == 2 and memory.num_rows == 1
+    np.testing.assert_array_equal(res.cluster_size, 0)
+
+
+def test_torch_inputs_are_accepted():
+    torch = pytest.importorskip("torch")
+    memory = ErrorMemory(_config())
+    res = memory.update(torch.arange(4), torch.randn(4, 6, dtype=torch.bfloat16), torch.tensor([True, False] * 2))
+    assert res.valid.all() and memory.keys()[0][0] == 0
+
+
+@pytest.mark.parametrize(
+    "keys, feats, correct, match",
+    [
+        (["a"], np.ones((2, 6)), [0, 0], r"features has shape \(2, 6\); expected \(1, F\)"),
+        (["a", "b"], np.ones((2, 6)), [0, 2], r"correct holds \[2\]"),
+        (["a", "b"], np.ones((2, 6)), [0], r"correct has shape \(1,\)"),
+        (["a", "b"], np.ones((2, 6), dtype=np.int64), [0, 1], "floating-point"),
+    ],
+)
+def test_bad_inputs_name_the_value(keys, feats, correct, match):
+    with pytest.raises(ValueError, match=match):
+        ErrorMemory(_config()).update(keys, feats, correct)
+
+
+def test_bad_key_type_and_dimension_change():
+    memory = ErrorMemory(_config())
+    with pytest.raises(TypeError, match=r"prompt key \(1, 2\) has type tuple"):
+        memory.update([(1, 2)], np.ones((1, 6)), [0])
+    memory.update(["a"], np.ones((1, 6)), [0])
+    with pytest.raises(ValueError, match="features have 5 columns but this memory stores 6"):
+        memory.update(["a"], np.ones((1, 5)), [0])
+
+
+# ---------------------------------------------------------------------------------------------- persistence
+def test_save_load_continues_the_stream_bit_identically(tmp_path):
+    stream = list(blob_stream(21, steps=7))
+    full = ErrorMemory(_config(max_rows_per_memory=30))
+    expected = [full.update(*s) for s in stream]
+    part = ErrorMemory(_config(max_rows_per_memory=30))
+    for s in stream[:4]:
+        part.update(*s)
+    path = tmp_path / "ckpt" / "meds_memory.bin"
+    part.save(path)
+    resumed = ErrorMemory.load(path)
+    assert resumed.step == 4 and len(resumed) == len(part) and resumed.config == part.config
+    for s, want in zip(stream[4:], expected[4:]):
+        got = resumed.update(*s)
+        np.testing.assert_array_equal(got.cluster_size, want.cluster_size)
+        np.testing.assert_array_equal(got.label, want.label)
+    a, b = full.state_dict(), resumed.state_dict()
+    assert a["keys"] == b["keys"] and a["step"] == b["step"]
+    for name in ("groups", "lengths", "rows", "labels"):
+        np.testing.assert_array_equal(a[name], b[name])
+    assert [p.name for p in path.parent.iterdir()] == ["meds_memory.bin"]  # no temp file left behind
+
+
+def test_keys_keep_their_type_through_a_file(tmp_path):
+    memory = ErrorMemory(_config())
+    memory.update([7, "7", 2**40], np.ones((3, 6)), [0, 0, 1])
+    memory.save(tmp_path / "m.bin")
+    assert ErrorMemory.load(tmp_path / "m.bin").keys() == [(7, 0), ("7", 0), (2**40, 1)]
+
+
+def test_state_dict_round_trip_into_an_existing_memory():
+    memory = ErrorMemory(_config())
+    for s in blob_stream(2, steps=3):
+        memory.update(*s)
+    other = ErrorMemory(_config())
+    other.load_state_dict(memory.state_dict())
+    assert other.keys() == memory.keys() and other.num_rows == memory.num_rows
+    with pytest.raises(ValueError, match="different settings"):
+        ErrorMemory(_config(min_cluster_size=4)).load_state_dict(memory.state_dict())
+    ErrorMemory(_config(min_cluster_size=4)).load_state_dict(memory.state_dict(), strict=False)
+
+
+def test_corrupt_foreign_and_newer_files_raise_clear_errors(tmp_path):
+    memory = ErrorMemory(_config())
+    memory.update(["a", "b"], np.ones((2, 6)), [0, 1])
+    path = tmp_path / "m.bin"
+    memory.save(path)
+    data = bytearray(path.read_bytes())
+
+    flipped = tmp_path / "flipped.bin"
+    data_f = bytearray(data)
+    data_f[len(data_f) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data_f))
+    with pytest.raises(MemoryFileError, match="checksum mismatch"):
+        ErrorMemory.load(flipped)
+
+    truncated = tmp_path / "truncated.bin"
+    truncated.write_bytes(bytes(data[:-40]))
+    with pytest.raises(MemoryFileError, match="corrupt or truncated"):
+        ErrorMemory.load(truncated)
+
+    foreign = tmp_path / "foreign.npz"
+    np.savez(foreign, x=np.ones(3))
+    with pytest.raises(MemoryFileError, match="not a MEDS memory file"):
+        ErrorMemory.load(foreign)
+
+    import hashlib
+    import struct
+
+    newer = bytearray(data[:-32])
+    struct.pack_into("<I", newer, 8, 99)
+    (tmp_path / "newer.bin").write_bytes(bytes(newer) + hashlib.sha256(bytes(newer)).digest())
+    with pytest.raises(MemoryFileError, match="file version 99"):
+        ErrorMemory.load(tmp_path / "newer.bin")
+    assert isinstance(MemoryFileError("x"), ValueError)
+
+
+def test_save_replaces_an_existing_file_atomically(tmp_path):
+    path = tmp_path / "m.bin"
+    path.write_bytes(b"old content")
+    memory = ErrorMemory(_config())
+    memory.update(["a"], np.ones((1, 6)), [0])
+    memory.save(str(path))
+    assert ErrorMemory.load(str(path)).num_rows == 1
+    assert sorted(os.listdir(tmp_path)) == ["m.bin"]
