@@ -1,0 +1,24 @@
+"""meds_core: Memory-Enhanced Dynamic reward Shaping (MEDS) for RL on LLMs, framework-agnostic."""
+
+from meds_core.answer import locate_answers
+from meds_core.capture import FeatureCapture
+from meds_core.config import MEDSConfig
+from meds_core.features import extract_features
+from meds_core.keys import stable_prompt_key
+from meds_core.memory import ErrorMemory, StepResult
+from meds_core.shaping import penalties, shape_rewards
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ErrorMemory",
+    "FeatureCapture",
+    "MEDSConfig",
+    "StepResult",
+    "__version__",
+    "extract_features",
+    "locate_answers",
+    "penalties",
+    "shape_rewards",
+    "stable_prompt_key",
+]

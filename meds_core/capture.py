@@ -1,0 +1,487 @@
+"""FeatureCapture: per-layer logit-lens values of the answer token, read from hooks on a causal LM.
+
+For each armed sample b with state row ``r_b`` (the token just before the answer) and answer token ``t_b``, the
+feature of decoder layer l is ``z_l = <h_l[r_b], W_U[t_b]> (+ bias[t_b])``, computed in float32. Only the armed rows
+(``L x B x H`` numbers) are ever copied out of a forward: no ``output_hidden_states``, no full-vocabulary projection.
+
+torch is imported lazily (inside functions) so that ``import meds_core`` stays cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import torch
+    from torch import nn
+
+    from meds_core.config import MEDSConfig
+
+__all__ = ["FeatureCapture"]
+
+_LAYER_NAMES = ("layers", "h", "blocks")
+_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm")
+_DECODER_NAMES = ("model", "transformer")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pure math (the oracle for any fused kernel added later)
+# ----------------------------------------------------------------------------------------------------------------------
+
+def _project(
+    rows_by_layer: torch.Tensor | Sequence[torch.Tensor],
+    w_rows: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    final_norm: str = "none",
+    norm_module: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Project captured hidden rows onto their answer tokens' unembedding rows.
+
+    Args:
+        rows_by_layer: ``[L, k, H]`` raw decoder-layer outputs (model dtype), layer order, or a list of ``[k, H]``.
+        w_rows: ``[k, H]`` unembedding rows ``W_U[t_b]`` (any float dtype).
+        bias: ``[k]`` head bias at ``t_b``, or None.
+        final_norm: ``"last"`` (norm on layer L only), ``"all"`` (every layer) or ``"none"``.
+        norm_module: the model's final norm, applied in the model dtype; required unless ``final_norm == "none"``.
+
+    Returns:
+        ``[k, L]`` float32, ``out[b, l] = <norm?(rows[l, b]).float(), w_rows[b].float()> + bias[b]``.
+    """
+    import torch
+
+    rows = list(rows_by_layer)
+    if final_norm not in ("last", "all", "none"):
+        raise ValueError(f"final_norm={final_norm!r}; use 'last', 'all' or 'none'.")
+    if final_norm != "none":
+        if norm_module is None:
+            raise ValueError(f"final_norm={final_norm!r} needs the model's final norm module (norm_module=None).")
+        if final_norm == "all" and len(rows) > 1:
+            normed = norm_module(torch.stack(rows[:-1]))
+            rows = list(normed.unbind(0)) + [norm_module(rows[-1])]
+        else:
+            rows[-1] = norm_module(rows[-1])
+    return _dot_rows(rows, w_rows, bias)
+
+
+def _dot_rows(
+    rows_by_layer: torch.Tensor | Sequence[torch.Tensor], w_rows: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``[L, k, H]`` (already normed as wanted) x ``[k, H]`` -> ``[k, L]`` float32 dot products (+ ``bias[k]``)."""
+    import torch
+
+    w32 = w_rows.float()
+    rows32 = torch.stack([r.to(device=w32.device, dtype=torch.float32) for r in rows_by_layer])
+    out = torch.einsum("lkh,kh->kl", rows32, w32)
+    if bias is not None:
+        out = out + bias.to(device=out.device, dtype=torch.float32).unsqueeze(1)
+    return out
+
+
+def _select_layers(values: torch.Tensor, config: MEDSConfig) -> torch.Tensor:
+    """``[k, L_captured]`` float32 -> ``[k, use_last_n_layers]``: consecutive differences if ``use_layer_diff``
+    (``v[:, 1:] - v[:, :-1]``), then the last ``use_last_n_layers`` columns."""
+    n = config.use_last_n_layers
+    if config.use_layer_diff:
+        values = values[:, 1:] - values[:, :-1]
+    if values.shape[1] < n:
+        raise ValueError(f"need at least {n} per-layer values after differencing, got {values.shape[1]}.")
+    return values[:, values.shape[1] - n:].contiguous()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Locating the parts of a (wrapped) HF causal LM
+# ----------------------------------------------------------------------------------------------------------------------
+
+@dataclass
+class _ModelParts:
+    model: nn.Module  # the unwrapped causal LM
+    head: nn.Module  # lm_head (may be a PEFT wrapper)
+    layers: list  # decoder layers, in order
+    norm: nn.Module | None  # final norm
+
+
+def _unwrap_module(m: Any) -> Any:
+    """Strip FSDP1 / torch.compile wrappers of one module (hooks must sit on the module that owns the weights)."""
+    for _ in range(8):
+        inner = getattr(m, "_fsdp_wrapped_module", None) or getattr(m, "_orig_mod", None)
+        if inner is None:
+            return m
+        m = inner
+    return m
+
+
+def _unwrap_model(model: Any) -> Any:
+    """PEFT (``get_base_model()``), DDP / DeepSpeed (``.module``), FSDP1 (``_fsdp_wrapped_module``),
+    torch.compile (``_orig_mod``) -> the HF causal LM. FSDP2 shards in place: nothing to unwrap."""
+    m = model
+    for _ in range(16):
+        nxt = None
+        if callable(getattr(m, "get_base_model", None)) and (
+                type(m).__name__.startswith("Peft") or hasattr(m, "peft_config")):
+            nxt = m.get_base_model()
+        elif getattr(m, "_fsdp_wrapped_module", None) is not None:
+            nxt = m._fsdp_wrapped_module
+        elif getattr(m, "_orig_mod", None) is not None:
+            nxt = m._orig_mod
+        elif (getattr(m, "module", None) is not None and not callable(getattr(m, "get_output_embeddings", None))
+              and getattr(m, "lm_head", None) is None):
+            nxt = m.module
+        if nxt is None or nxt is m:
+            return m
+        m = nxt
+    return m
+
+
+def _locate(model: Any) -> _ModelParts:
+    """Find lm_head, decoder layers and final norm of a (possibly wrapped) HF causal LM; ValueError if not found."""
+    m = _unwrap_model(model)
+    name = type(m).__name__
+    head = None
+    if callable(getattr(m, "get_output_embeddings", None)):
+        try:
+            head = m.get_output_embeddings()
+        except (NotImplementedError, AttributeError):
+            head = None
+    if head is None:
+        head = getattr(m, "lm_head", None)
+    if head is None:
+        raise ValueError(f"cannot find the LM head of {name}: neither get_output_embeddings() nor .lm_head is set.")
+
+    candidates = []
+    if callable(getattr(m, "get_decoder", None)):
+        try:
+            candidates.append(m.get_decoder())
+        except (NotImplementedError, AttributeError):
+            pass
+    candidates += [getattr(m, a, None) for a in _DECODER_NAMES]
+    for cand in list(candidates):  # OPT-style nesting: model.decoder.layers
+        if cand is not None and getattr(cand, "decoder", None) is not None:
+            candidates.append(cand.decoder)
+    for cand in candidates:
+        if cand is None:
+            continue
+        dec = _unwrap_module(cand)
+        for attr in _LAYER_NAMES:
+            layers = getattr(dec, attr, None)
+            if layers is not None and hasattr(layers, "__len__") and len(layers) > 0:
+                norm = next((getattr(dec, a) for a in _NORM_NAMES if getattr(dec, a, None) is not None), None)
+                return _ModelParts(
+                    model=m,
+                    head=_unwrap_module(head),
+                    layers=[_unwrap_module(layer) for layer in layers],
+                    norm=_unwrap_module(norm) if norm is not None else None,
+                )
+    raise ValueError(f"cannot find the decoder layers of {name}: looked for get_decoder() / .model / .transformer "
+                     f"with a {' / '.join('.' + a for a in _LAYER_NAMES)} list.")
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor from a possibly sharded DTensor (collective under FSDP2/TP: every rank must call)."""
+    return t.full_tensor() if callable(getattr(t, "full_tensor", None)) else t
+
+
+def _head_rows(head: nn.Module, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Unembedding rows ``[k, H]`` and bias ``[k]`` (or None) of the answer tokens ``targets [k]``.
+
+    Handles a plain ``nn.Linear`` head (weight ``[V, H]``), PEFT ``ModulesToSaveWrapper`` (attribute access goes to
+    the active copy) and a PEFT LoRA-wrapped head (base rows + ``scaling * B[t] @ A`` per active adapter; DoRA and
+    other LoRA variants are not supported).
+    """
+    base = head
+    delta = None
+    if getattr(head, "lora_A", None) is not None and callable(getattr(head, "get_base_layer", None)):
+        base = head.get_base_layer()
+        if not getattr(head, "disable_adapters", False) and not getattr(head, "merged", False):
+            for name in head.active_adapters:
+                if name not in head.lora_A:
+                    continue
+                if name in getattr(head, "lora_variant", {}) or getattr(head, "use_dora", {}).get(name, False):
+                    raise NotImplementedError(f"MEDS features: LoRA variant (e.g. DoRA) on the LM head (adapter "
+                                              f"{name!r}) is not supported; merge it or leave lm_head out of "
+                                              "target_modules.")
+                if getattr(head, "fan_in_fan_out", False):
+                    raise NotImplementedError("MEDS features: fan_in_fan_out LoRA on the LM head is not supported.")
+                a = _full(head.lora_A[name].weight).float()  # [r, H]
+                b = _full(head.lora_B[name].weight)  # [V, r]
+                d = (b.index_select(0, targets.to(b.device)).float() @ a.to(b.device)) * head.scaling[name]
+                delta = d if delta is None else delta + d
+    weight = _full(base.weight)
+    if weight.dim() != 2:
+        raise ValueError(f"LM head weight has shape {tuple(weight.shape)}; expected [vocab, hidden].")
+    idx = targets.to(weight.device)
+    w = weight.index_select(0, idx)
+    if delta is not None:
+        w = w.float() + delta.to(w.device)
+    bias = getattr(base, "bias", None)
+    b_rows = _full(bias).index_select(0, idx.to(bias.device)) if bias is not None else None
+    return w, b_rows
+
+
+def _in_backward() -> bool:
+    """True while autograd runs a backward pass (e.g. an activation-checkpoint recompute)."""
+    import torch
+
+    fn = getattr(torch._C, "_current_graph_task_id", None)
+    try:
+        return fn is not None and fn() != -1
+    except Exception:  # pragma: no cover - private API changed
+        return False
+
+
+def _as_index(x: Any, what: str) -> torch.Tensor:
+    """Tensor / numpy array / list -> 1-D int64 CPU tensor; ValueError naming ``what`` otherwise."""
+    import torch
+
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(x)
+    if t.dim() != 1:
+        raise ValueError(f"{what} must be 1-D [B], got shape {tuple(t.shape)}.")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{what} must hold integers, got dtype {t.dtype}.")
+    return t.to(device="cpu", dtype=torch.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# FeatureCapture
+# ----------------------------------------------------------------------------------------------------------------------
+
+class FeatureCapture:
+    """Hooks on a causal LM that read the MEDS feature of each armed sample during the next forward.
+
+    Usage::
+
+        cap = FeatureCapture(model, config)      # registers hooks once; inert until armed
+        cap.arm(rows, targets)                   # rows, targets: int64 [B]
+        model(input_ids, ...)                    # any forward: padded [B, T] or packed [1, T]
+        feats = cap.collect()                    # float32 [B, use_last_n_layers], NaN rows for no answer
+        cap.remove()                             # or use ``with FeatureCapture(...) as cap:``
+
+    Hooks: forward hooks on the last ``config.layers_needed`` decoder layers copy the armed rows (``[k, H]``, model
+    dtype, detached); a forward pre-hook on the final norm applies the norm to the earlier layers' rows
+    (``final_norm="all"``) and a forward hook on it copies its output rows (layer L post-norm, exactly what HF's
+    ``output_hidden_states`` reports); a forward pre-hook on lm_head gathers ``W_U[t_b]`` (unsharded at that moment
+    under FSDP) and computes the ``[k, layers_needed]`` float32 dot products. If lm_head never runs, the projection
+    is done in ``collect()``. A layer that fires again within one arming (checkpoint recompute, a second forward)
+    does not overwrite its rows; hooks running inside a backward pass are ignored.
+    """
+
+    def __init__(self, model: nn.Module, config: MEDSConfig) -> None:
+        parts = _locate(model)
+        n_layers = len(parts.layers)
+        need = config.layers_needed
+        name = type(parts.model).__name__
+        if need > n_layers:
+            hint = n_layers - 1 if config.use_layer_diff else n_layers
+            raise ValueError(f"{name} has {n_layers} decoder layers but MEDSConfig needs {need} "
+                             f"(use_last_n_layers={config.use_last_n_layers}"
+                             f"{' + 1 for use_layer_diff' if config.use_layer_diff else ''}); "
+                             f"set use_last_n_layers <= {hint}.")
+        if config.final_norm != "none" and parts.norm is None:
+            raise ValueError(f"cannot find the final norm of {name} (looked for {', '.join(_NORM_NAMES)}); "
+                             f"final_norm={config.final_norm!r} needs it: use final_norm='none' for a model "
+                             "without one.")
+        self.config = config
+        self._parts = parts
+        self._n = need
+        self._layers = parts.layers[n_layers - need:]
+        self._handles: list = []
+        for i, layer in enumerate(self._layers):
+            self._handles.append(layer.register_forward_hook(functools.partial(self._layer_hook, i)))
+        if config.final_norm != "none":
+            if config.final_norm == "all":
+                self._handles.append(parts.norm.register_forward_pre_hook(self._norm_pre_hook))
+            self._handles.append(parts.norm.register_forward_hook(self._norm_hook))
+        self._handles.append(parts.head.register_forward_pre_hook(self._head_pre_hook))
+        self._armed = False
+        self._reset()
+
+    # -- state ---------------------------------------------------------------------------------------------------------
+
+    def _reset(self) -> None:
+        self._batch = 0
+        self._sel = None  # int64 [k] rows into the flattened token axis (CPU)
+        self._tgt = None  # int64 [k] answer token ids (CPU)
+        self._valid_pos = None  # int64 [k] sample index of each armed row (CPU)
+        self._idx_cache: dict = {}
+        self._max_row = -1
+        self._seen = False  # some armed layer hook ran since arm()
+        self._n_tokens = None  # token count of the forward the rows were taken from
+        self._raw: list = [None] * self._n  # per captured layer: [k, H] model dtype
+        self._normed = None  # [n-1, k, H]: final norm applied to all but the last layer (final_norm="all")
+        self._post_last = None  # [k, H]: final-norm output rows (layer L as HF reports it)
+        self._values = None  # [k, n] float32
+
+    @property
+    def armed(self) -> bool:
+        """Whether the next forward will be captured."""
+        return self._armed
+
+    def _device(self) -> torch.device:
+        return self._parts.head.weight.device
+
+    def _index_on(self, device: torch.device) -> torch.Tensor:
+        idx = self._idx_cache.get(device)
+        if idx is None:
+            idx = self._sel.to(device)
+            self._idx_cache[device] = idx
+        return idx
+
+    # -- public API ----------------------------------------------------------------------------------------------------
+
+    def arm(self, rows: Any, targets: Any) -> None:
+        """Capture the next forward.
+
+        Args:
+            rows: int64 ``[B]``, one per sample: flat index into the (batch x sequence) token axis of the next
+                forward in its own layout (padded ``[B, T]``: ``b * T + q``; packed ``[1, T]``: position in the
+                packed sequence), ``q`` being the position just before the answer token. ``< 0``: no answer.
+            targets: int64 ``[B]`` answer token ids. ``< 0``: no answer.
+        Tensors, numpy arrays and lists are accepted. Re-arming discards anything captured before.
+        """
+        import torch
+
+        r = _as_index(rows, "rows")
+        t = _as_index(targets, "targets")
+        if r.shape != t.shape:
+            raise ValueError(f"rows and targets must have the same length, got {r.shape[0]} and {t.shape[0]}.")
+        vocab = self._parts.head.weight.shape[0]
+        if bool((t >= vocab).any()):
+            raise ValueError(f"targets holds token id {int(t.max())} >= vocabulary size {vocab}.")
+        self._reset()
+        valid = (r >= 0) & (t >= 0)
+        self._batch = int(r.shape[0])
+        self._valid_pos = torch.nonzero(valid).flatten()
+        self._sel = r[valid].contiguous()
+        self._tgt = t[valid].contiguous()
+        self._max_row = int(self._sel.max()) if self._sel.numel() else -1
+        self._armed = True
+
+    def collect(self) -> torch.Tensor:
+        """Features of the forward run since :meth:`arm`, then disarm.
+
+        Returns:
+            float32 ``[B, use_last_n_layers]`` on the LM head's device; NaN rows for samples with no answer.
+        Raises:
+            RuntimeError: not armed, or no (complete) forward ran since ``arm()``.
+        """
+        import torch
+
+        if not self._armed:
+            raise RuntimeError("FeatureCapture.collect() called without arm(rows, targets) before the forward.")
+        try:
+            if not self._seen:
+                raise RuntimeError("FeatureCapture.collect(): no forward ran since arm(); run the model forward "
+                                   "between arm() and collect().")
+            if any(r is None for r in self._raw):
+                raise RuntimeError("FeatureCapture.collect(): the forward since arm() did not reach all of the last "
+                                   f"{self._n} decoder layers.")
+            if self._values is None:
+                self._compute()
+            feats = _select_layers(self._values, self.config)
+            out = torch.full((self._batch, self.config.use_last_n_layers), float("nan"), dtype=torch.float32,
+                             device=self._device())
+            if feats.shape[0]:
+                out[self._valid_pos.to(out.device)] = feats.to(out.device)
+            return out
+        finally:
+            self._armed = False
+            self._reset()
+
+    def disarm(self) -> None:
+        """Drop anything armed or captured; hooks become inert."""
+        self._armed = False
+        self._reset()
+
+    def remove(self) -> None:
+        """Remove every hook (idempotent)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.disarm()
+
+    def __enter__(self) -> FeatureCapture:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    # -- hooks ---------------------------------------------------------------------------------------------------------
+
+    def _active(self) -> bool:
+        return self._armed and not _in_backward()
+
+    def _layer_hook(self, i: int, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._active():
+            return None
+        self._seen = True
+        if self._raw[i] is not None:  # already captured in this arming (recompute / second forward)
+            return None
+        hs = output[0] if isinstance(output, (tuple, list)) else output
+        if not hasattr(hs, "shape"):
+            raise TypeError(f"MEDS FeatureCapture: decoder layer {type(module).__name__} returned "
+                            f"{type(output).__name__}; expected a tensor or a tuple whose first item is one.")
+        import torch
+
+        flat = hs.reshape(-1, hs.shape[-1])
+        if self._max_row >= flat.shape[0]:
+            raise ValueError(f"rows: index {self._max_row} is out of range for this forward's {flat.shape[0]} tokens "
+                             f"(hidden states {tuple(hs.shape)}); rows index the flattened (batch x sequence) axis.")
+        self._n_tokens = flat.shape[0]
+        with torch.no_grad():
+            self._raw[i] = flat.detach().index_select(0, self._index_on(flat.device))
+        return None
+
+    def _norm_pre_hook(self, module: nn.Module, args: Any) -> None:
+        if not self._active() or self._normed is not None or self._n < 2 or any(r is None for r in self._raw):
+            return None
+        import torch
+
+        with torch.no_grad():
+            dev = self._raw[-1].device
+            self._normed = self._parts.norm.forward(torch.stack([r.to(dev) for r in self._raw[:-1]]))
+        return None
+
+    def _norm_hook(self, module: nn.Module, args: Any, output: Any) -> None:
+        if not self._active() or self._post_last is not None or any(r is None for r in self._raw):
+            return None
+        hs = output[0] if isinstance(output, (tuple, list)) else output
+        if not hasattr(hs, "shape"):
+            return None
+        flat = hs.reshape(-1, hs.shape[-1])
+        if flat.shape[0] != self._n_tokens:  # not the final norm of this forward's token axis: fall back to lazy
+            return None
+        import torch
+
+        with torch.no_grad():
+            self._post_last = flat.detach().index_select(0, self._index_on(flat.device))
+        return None
+
+    def _head_pre_hook(self, module: nn.Module, args: Any) -> None:
+        if not self._active() or self._values is not None or any(r is None for r in self._raw):
+            return None
+        self._compute()
+        return None
+
+    def _compute(self) -> None:
+        """Norm (whatever the hooks did not do yet) + gather ``W_U[t]`` + float32 dots -> ``self._values [k, n]``."""
+        import torch
+
+        with torch.no_grad():
+            dev = self._device()
+            fn = self.config.final_norm
+            raw = [r.to(dev) for r in self._raw]
+            if fn == "none":
+                rows = raw
+            else:
+                norm = self._parts.norm.forward
+                last = self._post_last.to(dev) if self._post_last is not None else norm(raw[-1])
+                if fn == "last" or self._n == 1:
+                    rows = raw[:-1] + [last]
+                else:
+                    normed = self._normed.to(dev) if self._normed is not None else norm(torch.stack(raw[:-1]))
+                    rows = list(normed.unbind(0)) + [last]
+            w, b = _head_rows(self._parts.head, self._tgt.to(dev))
+            self._values = _dot_rows(rows, w, b)
