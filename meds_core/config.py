@@ -147,6 +147,11 @@ class MEDSConfig:
         """Number of decoder layers whose output is captured (one more than kept when differencing)."""
         return self.use_last_n_layers + (1 if self.use_layer_diff else 0)
 
+    def shaping_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`meds_core.shape_rewards` / :func:`meds_core.penalties` from this config."""
+        return {"penalty_coef": self.penalty_coef, "cap": self.penalty_cap, "target": self.cluster_penalty_target,
+                "mixed_groups_only": self.mixed_groups_only}
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of every field (JSON/YAML friendly)."""
         return dataclasses.asdict(self)

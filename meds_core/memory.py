@@ -162,74 +162,20 @@ class ErrorMemory:
         -------
         StepResult
         """
-        keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)  # numpy array or tensor of ids
+        keys, feats, groups = self._check_inputs(keys, features, correct)
         B = len(keys)
-        feats = to_numpy(features, "features")
-        if B == 0 and feats.size == 0:
-            feats = feats.reshape(0, self._dim or 0)
-        if feats.ndim != 2 or feats.shape[0] != B:
-            raise ValueError(f"features has shape {feats.shape}; expected ({B}, F): one row per key.")
-        if B and not np.issubdtype(feats.dtype, np.floating):
-            raise ValueError(f"features has dtype {feats.dtype}; pass floating-point features.")
-        feats = feats.astype(np.float32, copy=False)
-        groups = correctness_groups(correct, B)
-        norm_keys = [_normalize_key(k) for k in keys]
-        if B and self._dim is None:
-            self._dim = feats.shape[1]
-        elif B and feats.shape[1] != self._dim:
-            raise ValueError(f"features have {feats.shape[1]} columns but this memory stores {self._dim}; "
-                             "keep use_last_n_layers fixed for the life of a memory.")
-
-        finite = np.isfinite(feats).all(axis=1) if B else np.zeros(0, bool)
+        finite = np.isfinite(feats).all(axis=1)
         known = groups >= 0
         valid = finite & known
-        label = np.full(B, -1, dtype=np.int64)
-        size = np.zeros(B, dtype=np.int64)
-
-        # Rows of each touched memory, in batch order.
-        members: dict[tuple[Key, int], list[int]] = {}
-        for b in np.flatnonzero(valid).tolist():
-            members.setdefault((norm_keys[b], int(groups[b])), []).append(b)
-        idx = {mk: np.asarray(rows, dtype=np.int64) for mk, rows in members.items()}
-        new_unit = _unit_rows(feats[valid]) if valid.any() else np.empty((0, self._dim or 0))
-        pos = np.cumsum(valid) - 1  # position of a valid row in new_unit
-        unit = {mk: new_unit[pos[rows]] for mk, rows in idx.items()}
-
-        # 1-2. vote over stored rows and read sizes (old memories only; first visits keep label -1, size 0).
-        old = [mk for mk in idx if mk in self._slots]
-        if self.config.cluster_method == "single":
-            for mk in old:
-                slot = self._slots[mk]
-                label[idx[mk]] = 0
-                size[idx[mk]] = len(slot.labels)
-        elif old:
-            voted = knn_vote([self._slots[mk].unit for mk in old], [self._slots[mk].labels for mk in old],
-                             [unit[mk] for mk in old], self.config.knn_k)
-            for mk, v in zip(old, voted):
-                label[idx[mk]] = v
-                size[idx[mk]] = self._slots[mk].size_of(v)
-            if self.config.noise_policy == "ignore":
-                size[label == -1] = 0
-
-        # 3. append, evict oldest beyond the cap, re-cluster every touched memory in one backend call.
-        cap = self.config.max_rows_per_memory
-        touched = []
-        for mk, rows in idx.items():
-            slot = self._slots.get(mk)
-            new_rows = feats[rows]
-            if slot is None:
-                r, u = new_rows[-cap:], unit[mk][-cap:]
-            else:
-                r = np.concatenate([slot.rows, new_rows])[-cap:]
-                u = np.concatenate([slot.unit, unit[mk]])[-cap:]
-            touched.append((mk, r, u))
-        seconds, calls = self._recluster(touched)
+        batch = self._split_by_memory(keys, feats, groups, valid)
+        label, size = self._assign(batch, B)
+        seconds, calls = self._recluster(self._appended(batch))
         self._step += 1
         stats = {
             "step": self._step,
             "cluster_seconds": seconds,
             "backend_calls": calls,
-            "memories_touched": len(touched),
+            "memories_touched": len(batch),
             "rows_added": int(valid.sum()),
             "rows_stored": self.num_rows,
             "memories": len(self._slots),
@@ -239,8 +185,76 @@ class ErrorMemory:
         }
         return StepResult(cluster_size=size, label=label, group=groups, valid=valid, stats=stats)
 
+    def _check_inputs(self, keys: Any, features: Any, correct: Any) -> tuple[list[Key], np.ndarray, np.ndarray]:
+        """Validated keys (len B), features [B, F] float32 and groups [B] int8; fixes F on first use."""
+        keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)  # numpy array or tensor of ids
+        B = len(keys)
+        feats = to_numpy(features, "features")
+        if B == 0 and feats.size == 0:
+            feats = feats.reshape(0, self._dim or 0)
+        if feats.ndim != 2 or feats.shape[0] != B:
+            raise ValueError(f"features has shape {feats.shape}; expected ({B}, F): one row per key.")
+        if B and not np.issubdtype(feats.dtype, np.floating):
+            raise ValueError(f"features has dtype {feats.dtype}; pass floating-point features.")
+        groups = correctness_groups(correct, B)
+        if not all(type(k) is str or type(k) is int for k in keys):
+            keys = [_normalize_key(k) for k in keys]
+        if B and self._dim is None:
+            self._dim = feats.shape[1]
+        elif B and feats.shape[1] != self._dim:
+            raise ValueError(f"features have {feats.shape[1]} columns but this memory stores {self._dim}; "
+                             "keep use_last_n_layers fixed for the life of a memory.")
+        return keys, feats.astype(np.float32, copy=False), groups
+
+    def _split_by_memory(self, keys: list[Key], feats: np.ndarray, groups: np.ndarray, valid: np.ndarray) \
+            -> list[tuple[tuple[Key, int], np.ndarray, np.ndarray, np.ndarray]]:
+        """(memory key, batch rows [m] int64, feature rows [m, F] float32, unit rows [m, F] float64) per touched
+        memory, memories in order of first appearance, rows in batch order."""
+        vidx = np.flatnonzero(valid)
+        index: dict[tuple[Key, int], int] = {}
+        mem = np.fromiter((index.setdefault((keys[b], g), len(index))
+                           for b, g in zip(vidx.tolist(), groups[vidx].tolist())), dtype=np.int64, count=len(vidx))
+        order = np.argsort(mem, kind="stable")
+        cuts = np.cumsum(np.bincount(mem, minlength=len(index)))[:-1]
+        rows = np.split(vidx[order], cuts)
+        units = np.split(_unit_rows(feats[vidx[order]]), cuts)
+        return [(mk, r, feats[r], u) for mk, r, u in zip(index, rows, units)]
+
+    def _assign(self, batch, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """Steps 1-2: k-NN vote over STORED rows and the size of the voted cluster. -> label, size [B] int64.
+        Rows of first-visited memories and skipped rows keep label -1 and size 0."""
+        label = np.full(B, -1, dtype=np.int64)
+        size = np.zeros(B, dtype=np.int64)
+        old = [(self._slots[mk], rows, unit) for mk, rows, _, unit in batch if mk in self._slots]
+        if self.config.cluster_method == "single":
+            for slot, rows, _ in old:
+                label[rows] = 0
+                size[rows] = len(slot.labels)
+        elif old:
+            voted = knn_vote([s.unit for s, _, _ in old], [s.labels for s, _, _ in old], [u for _, _, u in old],
+                             self.config.knn_k)
+            for (slot, rows, _), v in zip(old, voted):
+                label[rows] = v
+                size[rows] = slot.size_of(v)
+            if self.config.noise_policy == "ignore":
+                size[label == -1] = 0
+        return label, size
+
+    def _appended(self, batch) -> list[tuple[tuple[Key, int], np.ndarray, np.ndarray]]:
+        """Step 3a: (memory key, rows, unit rows) after appending the batch and dropping the oldest beyond the cap."""
+        cap = self.config.max_rows_per_memory
+        out = []
+        for mk, _, new_rows, new_unit in batch:
+            slot = self._slots.get(mk)
+            if slot is None:
+                out.append((mk, new_rows[-cap:], new_unit[-cap:]))
+            else:
+                out.append((mk, np.concatenate([slot.rows, new_rows])[-cap:],
+                            np.concatenate([slot.unit, new_unit])[-cap:]))
+        return out
+
     def _recluster(self, touched: list[tuple[tuple[Key, int], np.ndarray, np.ndarray]]) -> tuple[float, int]:
-        """Store the new rows of every touched memory and relabel them all with one clustering call."""
+        """Step 3b: store the rows of every touched memory and relabel them all with ONE clustering call."""
         if self.config.cluster_method == "single":
             labels = [np.zeros(len(r), dtype=np.int64) for _, r, _ in touched]
             seconds, calls = 0.0, 0

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 _CHUNK_ELEMS = 1 << 22  # distance entries per padded chunk (bounds temporary memory to ~32 MiB)
-_DECIMALS = 9  # cosine distances are compared after rounding to 1e-9 (features are float32: ~1e-7)
+_SCALE = 1e9  # cosine distances are compared in units of 1e-9, rounded (features are float32: ~1e-7)
 
 
 def _vote(labels: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -17,6 +17,13 @@ def _vote(labels: np.ndarray, ok: np.ndarray) -> np.ndarray:
     # Rank by (votes desc, label asc): labels are >= -1, so shift them into [0, 2**31) for the key.
     key = votes * (1 << 32) - (labels + 1)
     return np.take_along_axis(labels, key.argmax(-1)[:, None], axis=1)[:, 0]
+
+
+def _scatter_index(lengths: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(slot, position) of every row when lists of the given lengths are packed side by side. -> 2 x [sum] int64."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    slot = np.repeat(np.arange(len(lengths)), lengths)
+    return slot, np.arange(len(slot)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 def knn_vote(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], queries: Sequence[np.ndarray],
@@ -57,17 +64,22 @@ def knn_vote(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], 
         chunk = order[start:stop]
         start = stop
         c, d = len(chunk), stored[chunk[0]].shape[1]
-        S = np.zeros((c, n_max, d))
+        S = np.zeros((c, d, n_max))  # transposed so that the batched matmul runs on contiguous operands
         Q = np.zeros((c, m_max, d))
         lab = np.full((c, n_max), -1, dtype=np.int64)
-        pad = np.ones((c, n_max), dtype=bool)
-        for j, i in enumerate(chunk):
-            n_i, m_i = len(stored[i]), len(queries[i])
-            S[j, :n_i], Q[j, :m_i], lab[j, :n_i], pad[j, :n_i] = stored[i], queries[i], stored_labels[i], False
-        # Rounded so that equal distances computed along different BLAS paths (duplicate rows, other
+        pad = np.full((c, n_max), np.inf)
+        j, p = _scatter_index([len(stored[i]) for i in chunk])
+        S[j, :, p] = np.concatenate([stored[i] for i in chunk])
+        lab[j, p] = np.concatenate([stored_labels[i] for i in chunk])
+        pad[j, p] = 0.0
+        j, p = _scatter_index([len(queries[i]) for i in chunk])
+        Q[j, p] = np.concatenate([queries[i] for i in chunk])
+        # Rounded to 1e-9 so that equal distances computed along different BLAS paths (duplicate rows, other
         # padding) compare equal and fall to the index rule instead of to rounding noise.
-        dist = np.round(1.0 - np.matmul(Q, S.transpose(0, 2, 1)), _DECIMALS)  # [c, m, n]
-        dist[np.broadcast_to(pad[:, None, :], dist.shape)] = np.inf
+        dist = 1.0 - np.matmul(Q, S)  # [c, m, n]
+        dist *= _SCALE
+        np.rint(dist, out=dist)
+        dist += pad[:, None, :]
         dist = dist.reshape(c * m_max, n_max)
         kk = min(k, n_max)
         picked = np.empty((c * m_max, kk), dtype=np.int64)
