@@ -13,14 +13,15 @@ import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 import numpy as np
 
 from meds_core._arrays import correctness_groups, to_numpy
 from meds_core._memory_io import read_state, write_state
-from meds_core.clustering import HDBSCANParams, cluster_batch, knn_vote, resolve_backend
+from meds_core.clustering import HDBSCANParams, cluster_batch, resolve_backend
 from meds_core.clustering._batch import needs_backend
+from meds_core.clustering._knn import knn_vote_packed
 from meds_core.config import MEDSConfig
 
 Key = Union[str, int]
@@ -49,23 +50,69 @@ class StepResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
+def _capacity(keep: int, m: int) -> int:
+    """Buffer rows for a memory of ``keep`` rows that grows by ``m`` per step: amortised growth, and a full
+    memory slides in place for about ``keep / 2m`` steps before it moves to fresh buffers."""
+    return keep + max(keep // 2, 2 * m)
+
+
 class _Slot:
-    """One (key, group) memory: rows [n, F] float32 in arrival order, their unit rows and labels."""
+    """One (key, group) memory: rows [n, F] float32 in arrival order, their float64 unit rows and int64 labels.
 
-    __slots__ = ("rows", "unit", "labels", "counts")
+    Rows live in the window ``[start, start + n)`` of capacity buffers, so that a step appends in place and
+    eviction only moves ``start``; :meth:`staged` writes after the window or into fresh buffers, never into
+    rows this slot shows, and the memory moves the window once the step has succeeded.
+    """
 
-    def __init__(self, rows: np.ndarray, unit: np.ndarray, labels: np.ndarray):
-        self.rows, self.unit = rows, unit
-        self.set_labels(labels)
+    __slots__ = ("row_buf", "unit_buf", "start", "n", "labels")
 
-    def set_labels(self, labels: np.ndarray) -> None:
-        self.labels = labels
-        self.counts = np.bincount(labels + 1) if len(labels) else np.zeros(1, np.int64)  # counts[label + 1]
+    def __init__(self, row_buf: np.ndarray, unit_buf: np.ndarray, start: int, n: int, labels: np.ndarray | None):
+        self.row_buf, self.unit_buf, self.start, self.n, self.labels = row_buf, unit_buf, start, n, labels
 
-    def size_of(self, label: np.ndarray) -> np.ndarray:
-        """Stored members carrying each label. label: [m] int64 -> [m] int64."""
-        idx = label + 1
-        return np.where(idx < len(self.counts), self.counts[np.minimum(idx, len(self.counts) - 1)], 0)
+    @classmethod
+    def holding(cls, rows: np.ndarray, unit: np.ndarray, labels: np.ndarray | None, room: int | None = None) \
+            -> "_Slot":
+        """A slot storing rows [n, F] float32, unit rows [n, F] float64 and labels [n] int64, in buffers of
+        ``room`` rows (default: room to grow by half)."""
+        n = len(rows)
+        room = _capacity(n, 0) if room is None else room
+        row_buf, unit_buf = np.empty((room, rows.shape[1]), np.float32), np.empty((room, rows.shape[1]))
+        row_buf[:n], unit_buf[:n] = rows, unit
+        return cls(row_buf, unit_buf, 0, n, labels)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.row_buf[self.start:self.start + self.n]
+
+    @property
+    def unit(self) -> np.ndarray:
+        return self.unit_buf[self.start:self.start + self.n]
+
+    def staged(self, rows: np.ndarray, unit: np.ndarray, cap: int) -> tuple[_Slot, int, int]:
+        """Append rows [m, F] float32 / unit rows [m, F] float64 and keep the newest ``cap`` rows, without changing
+        what this slot shows. -> (slot holding the buffers, start, n) of the new window: this slot when the rows fit
+        after its window (written there), else a new slot on fresh buffers."""
+        m, end = rows.shape[0], self.start + self.n
+        keep = self.n + m if self.n + m < cap else cap
+        if end + m <= self.row_buf.shape[0]:
+            self.row_buf[end:end + m] = rows
+            self.unit_buf[end:end + m] = unit
+            return self, end + m - keep, keep
+        old = max(keep - m, 0)
+        moved = _Slot.holding(np.concatenate([self.row_buf[end - old:end], rows[m - (keep - old):]]),
+                              np.concatenate([self.unit_buf[end - old:end], unit[m - (keep - old):]]), None,
+                              _capacity(keep, m))
+        return moved, 0, keep
+
+
+class _Batch(NamedTuple):
+    """The valid rows of one batch grouped by memory: M memories, V rows."""
+
+    keys: list[tuple[Key, int]]  # (prompt key, group) of each memory, in order of first appearance
+    counts: np.ndarray  # [M] int64 rows per memory
+    rows: np.ndarray  # [V] int64 batch index, grouped by memory, batch order within a memory
+    feats: np.ndarray  # [V, F] float32
+    unit: np.ndarray  # [V, F] float64 L2-normalised
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
@@ -138,7 +185,7 @@ class ErrorMemory:
     @property
     def num_rows(self) -> int:
         """Rows stored over all memories."""
-        return sum(len(s.labels) for s in self._slots.values())
+        return sum(s.n for s in self._slots.values())
 
     @property
     def step(self) -> int:
@@ -169,13 +216,15 @@ class ErrorMemory:
         valid = finite & known
         batch = self._split_by_memory(keys, feats, groups, valid)
         label, size = self._assign(batch, B)
-        seconds, calls = self._recluster(self._appended(batch))
+        seconds, calls = self._recluster(batch)
+        if B:
+            self._dim = feats.shape[1]  # fixed by the first non-empty update that succeeds
         self._step += 1
         stats = {
             "step": self._step,
             "cluster_seconds": seconds,
             "backend_calls": calls,
-            "memories_touched": len(batch),
+            "memories_touched": len(batch.keys),
             "rows_added": int(valid.sum()),
             "rows_stored": self.num_rows,
             "memories": len(self._slots),
@@ -186,7 +235,7 @@ class ErrorMemory:
         return StepResult(cluster_size=size, label=label, group=groups, valid=valid, stats=stats)
 
     def _check_inputs(self, keys: Any, features: Any, correct: Any) -> tuple[list[Key], np.ndarray, np.ndarray]:
-        """Validated keys (len B), features [B, F] float32 and groups [B] int8; fixes F on first use."""
+        """Validated keys (len B), features [B, F] float32 and groups [B] int8 (F as stored, if any)."""
         keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)  # numpy array or tensor of ids
         B = len(keys)
         feats = to_numpy(features, "features")
@@ -197,80 +246,87 @@ class ErrorMemory:
         if B and not np.issubdtype(feats.dtype, np.floating):
             raise ValueError(f"features has dtype {feats.dtype}; pass floating-point features.")
         groups = correctness_groups(correct, B)
-        if not all(type(k) is str or type(k) is int for k in keys):
+        if not set(map(type, keys)) <= {str, int}:
             keys = [_normalize_key(k) for k in keys]
-        if B and self._dim is None:
-            self._dim = feats.shape[1]
-        elif B and feats.shape[1] != self._dim:
+        if B and self._dim is not None and feats.shape[1] != self._dim:
             raise ValueError(f"features have {feats.shape[1]} columns but this memory stores {self._dim}; "
                              "keep use_last_n_layers fixed for the life of a memory.")
         return keys, feats.astype(np.float32, copy=False), groups
 
-    def _split_by_memory(self, keys: list[Key], feats: np.ndarray, groups: np.ndarray, valid: np.ndarray) \
-            -> list[tuple[tuple[Key, int], np.ndarray, np.ndarray, np.ndarray]]:
-        """(memory key, batch rows [m] int64, feature rows [m, F] float32, unit rows [m, F] float64) per touched
-        memory, memories in order of first appearance, rows in batch order."""
+    def _split_by_memory(self, keys: list[Key], feats: np.ndarray, groups: np.ndarray, valid: np.ndarray) -> _Batch:
+        """The valid rows grouped by (key, group) memory: memories in order of first appearance, rows in batch order."""
+        ids = dict.fromkeys(keys)  # key -> id, in order of first appearance
+        for i, key in enumerate(ids):
+            ids[key] = i
         vidx = np.flatnonzero(valid)
-        index: dict[tuple[Key, int], int] = {}
-        mem = np.fromiter((index.setdefault((keys[b], g), len(index))
-                           for b, g in zip(vidx.tolist(), groups[vidx].tolist())), dtype=np.int64, count=len(vidx))
-        order = np.argsort(mem, kind="stable")
-        cuts = np.cumsum(np.bincount(mem, minlength=len(index)))[:-1]
-        rows = np.split(vidx[order], cuts)
-        units = np.split(_unit_rows(feats[vidx[order]]), cuts)
-        return [(mk, r, feats[r], u) for mk, r, u in zip(index, rows, units)]
+        code = np.fromiter(map(ids.__getitem__, keys), dtype=np.int64, count=len(keys))[vidx] * 2 + groups[vidx]
+        uniq, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+        appear = np.argsort(first)
+        rank = np.empty_like(appear)
+        rank[appear] = np.arange(len(appear))
+        mem = rank[inverse]
+        key_of = list(ids)
+        rows = vidx[np.argsort(mem, kind="stable")]
+        grouped = feats[rows]
+        return _Batch([(key_of[c >> 1], c & 1) for c in uniq[appear].tolist()], np.bincount(mem, minlength=len(uniq)),
+                      rows, grouped, _unit_rows(grouped))
 
-    def _assign(self, batch, B: int) -> tuple[np.ndarray, np.ndarray]:
+    def _assign(self, batch: _Batch, B: int) -> tuple[np.ndarray, np.ndarray]:
         """Steps 1-2: k-NN vote over STORED rows and the size of the voted cluster. -> label, size [B] int64.
         Rows of first-visited memories and skipped rows keep label -1 and size 0."""
         label = np.full(B, -1, dtype=np.int64)
         size = np.zeros(B, dtype=np.int64)
-        old = [(self._slots[mk], rows, unit) for mk, rows, _, unit in batch if mk in self._slots]
+        slots = [self._slots.get(mk) for mk in batch.keys]
+        old = [s for s in slots if s is not None and s.n]
+        if not old:
+            return label, size
+        has = np.fromiter((s is not None and s.n > 0 for s in slots), dtype=bool, count=len(slots))
+        counts = batch.counts[has]
+        queries = np.repeat(has, batch.counts) if len(old) < len(slots) else slice(None)
+        rows = batch.rows[queries]
         if self.config.cluster_method == "single":
-            for slot, rows, _ in old:
-                label[rows] = 0
-                size[rows] = len(slot.labels)
-        elif old:
-            voted = knn_vote([s.unit for s, _, _ in old], [s.labels for s, _, _ in old], [u for _, _, u in old],
-                             self.config.knn_k)
-            for (slot, rows, _), v in zip(old, voted):
-                label[rows] = v
-                size[rows] = slot.size_of(v)
-            if self.config.noise_policy == "ignore":
-                size[label == -1] = 0
+            label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
+            return label, size
+        label[rows], size[rows] = knn_vote_packed([s.unit for s in old], [s.labels for s in old], batch.unit[queries],
+                                                  counts, self.config.knn_k)
+        if self.config.noise_policy == "ignore":
+            size[label == -1] = 0
         return label, size
 
-    def _appended(self, batch) -> list[tuple[tuple[Key, int], np.ndarray, np.ndarray]]:
-        """Step 3a: (memory key, rows, unit rows) after appending the batch and dropping the oldest beyond the cap."""
-        cap = self.config.max_rows_per_memory
-        out = []
-        for mk, _, new_rows, new_unit in batch:
-            slot = self._slots.get(mk)
+    def _staged(self, batch: _Batch) -> list[tuple[_Slot, int, int]]:
+        """Step 3a: every touched memory after appending its batch rows and dropping the oldest beyond the cap, as
+        (slot holding its buffers, window start, rows); no stored slot changes what it shows."""
+        cap, get, feats, unit = self.config.max_rows_per_memory, self._slots.get, batch.feats, batch.unit
+        out, a = [], 0
+        for mk, b in zip(batch.keys, np.cumsum(batch.counts).tolist()):
+            slot = get(mk)
             if slot is None:
-                out.append((mk, new_rows[-cap:], new_unit[-cap:]))
+                keep = min(b - a, cap)
+                out.append((_Slot.holding(feats[b - keep:b], unit[b - keep:b], None, _capacity(keep, b - a)), 0, keep))
             else:
-                out.append((mk, np.concatenate([slot.rows, new_rows])[-cap:],
-                            np.concatenate([slot.unit, new_unit])[-cap:]))
+                out.append(slot.staged(feats[a:b], unit[a:b], cap))
+            a = b
         return out
 
-    def _recluster(self, touched: list[tuple[tuple[Key, int], np.ndarray, np.ndarray]]) -> tuple[float, int]:
-        """Step 3b: store the rows of every touched memory and relabel them all with ONE clustering call."""
+    def _recluster(self, batch: _Batch) -> tuple[float, int]:
+        """Step 3b: relabel every touched memory with ONE clustering call, then store them. Atomic: if the
+        clustering raises, the memory is unchanged."""
+        staged = self._staged(batch)
         if self.config.cluster_method == "single":
-            labels = [np.zeros(len(r), dtype=np.int64) for _, r, _ in touched]
+            labels = [np.zeros(n, dtype=np.int64) for _, _, n in staged]
             seconds, calls = 0.0, 0
         else:
-            problems = [u if self.config.l2_normalize else r.astype(np.float64) for _, r, u in touched]
+            if self.config.l2_normalize:
+                problems = [s.unit_buf[a:a + n] for s, a, n in staged]
+            else:
+                problems = [s.row_buf[a:a + n].astype(np.float64) for s, a, n in staged]
             t0 = time.perf_counter()
             labels = cluster_batch(problems, self._params, self._backend)
             seconds = time.perf_counter() - t0
             calls = int(any(needs_backend(len(p), self._params) for p in problems))
-        for (mk, r, u), lab in zip(touched, labels):
-            slot = self._slots.get(mk)
-            if slot is None:
-                self._slots[mk] = _Slot(r, u, lab)
-            else:
-                slot.rows, slot.unit = r, u
-                slot.set_labels(lab)
+        for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
+            slot.start, slot.n, slot.labels = start, n, lab
+            self._slots[mk] = slot
         return seconds, calls
 
     # ------------------------------------------------------------------ persistence
@@ -285,7 +341,7 @@ class ErrorMemory:
             "step": self._step,
             "keys": [k for (k, _), _ in slots],
             "groups": np.asarray([g for (_, g), _ in slots], dtype=np.int8),
-            "lengths": np.asarray([len(s.labels) for _, s in slots], dtype=np.int64),
+            "lengths": np.asarray([s.n for _, s in slots], dtype=np.int64),
             "rows": np.concatenate([s.rows for _, s in slots]) if slots else np.empty((0, dim), np.float32),
             "labels": np.concatenate([s.labels for _, s in slots]) if slots else np.empty(0, np.int64),
         }
@@ -313,9 +369,10 @@ class ErrorMemory:
             raise ValueError("memory state is inconsistent: keys/groups/lengths/rows/labels do not line up.")
         slots: dict[tuple[Key, int], _Slot] = {}
         ends = np.cumsum(lengths)
+        unit = _unit_rows(rows)
         for key, group, end, n in zip(keys, groups.tolist(), ends.tolist(), lengths.tolist()):
-            r = rows[end - n:end].copy()
-            slots[(_normalize_key(key), int(group))] = _Slot(r, _unit_rows(r), labels[end - n:end].copy())
+            slots[(_normalize_key(key), int(group))] = _Slot.holding(rows[end - n:end], unit[end - n:end],
+                                                                     labels[end - n:end].copy())
         self._slots = slots
         self._dim = int(state["dim"]) or None
         self._step = int(state["step"])

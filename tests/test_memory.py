@@ -106,6 +106,81 @@ def test_one_backend_call_per_step_for_every_touched_memory():
         assert res.stats["memories_touched"] == 20
 
 
+class _FlakyBackend:
+    """The real hdbscan backend, or an error while ``fail`` is set."""
+
+    fail = False
+
+    @classmethod
+    def factory(cls):
+        real = get_backend("hdbscan")
+
+        def run(problems, params):
+            if cls.fail:
+                raise RuntimeError("backend unavailable")
+            return real(problems, params)
+
+        return run
+
+
+register_backend("flaky-hdbscan", _FlakyBackend.factory, overwrite=True)
+
+
+def _failing_update(memory, *step):
+    _FlakyBackend.fail = True
+    try:
+        with pytest.raises(RuntimeError, match="backend unavailable"):
+            memory.update(*step)
+    finally:
+        _FlakyBackend.fail = False
+
+
+def test_a_failing_backend_leaves_the_memory_unchanged():
+    # cap 30 with ~3-13 rows per memory per step: steps append in place, evict, and move memories to new buffers
+    stream = list(blob_stream(31, steps=7))
+    keys, feats, correct = stream[5]
+    stream[5] = (keys + ["new-prompt"], np.vstack([feats, feats[:1]]), np.append(correct, 0))  # and a new memory
+    failing, clean = (ErrorMemory(_config(max_rows_per_memory=30, backend="flaky-hdbscan")) for _ in range(2))
+    for i, step in enumerate(stream):
+        if i >= 3:
+            before = failing.state_dict()
+            _failing_update(failing, *step)
+            after = failing.state_dict()
+            assert after["keys"] == before["keys"] and (after["dim"], after["step"]) == (before["dim"], before["step"])
+            for name in ("groups", "lengths", "rows", "labels"):
+                np.testing.assert_array_equal(after[name], before[name])
+        got, want = failing.update(*step), clean.update(*step)
+        np.testing.assert_array_equal(got.cluster_size, want.cluster_size)
+        np.testing.assert_array_equal(got.label, want.label)
+    a, b = failing.state_dict(), clean.state_dict()
+    assert a["keys"] == b["keys"]
+    for name in ("groups", "lengths", "rows", "labels"):
+        np.testing.assert_array_equal(a[name], b[name])
+    fresh = ErrorMemory(_config(backend="flaky-hdbscan"))
+    _failing_update(fresh, *stream[0])
+    assert len(fresh) == 0 and fresh.step == 0 and fresh.state_dict()["dim"] == 0
+
+
+def _sparse_ids_factory():
+    real = get_backend("hdbscan")
+    return lambda problems, params: [np.where(lab >= 0, lab * 1_000_003 + 11, -1) for lab in real(problems, params)]
+
+
+register_backend("sparse-ids-hdbscan", _sparse_ids_factory, overwrite=True)
+
+
+def test_sizes_count_stored_labels_whatever_ids_the_backend_uses():
+    memory = ErrorMemory(_config(backend="sparse-ids-hdbscan"))
+    for keys, feats, correct in blob_stream(41, steps=4):
+        stored = {mk: memory.labels(*mk) for mk in memory.keys()}
+        res = memory.update(keys, feats, correct)
+        for b in np.flatnonzero(res.valid):
+            want = (stored[(keys[b], int(correct[b]))] == res.label[b]).sum() if (keys[b], int(correct[b])) in stored \
+                else 0
+            assert res.cluster_size[b] == want
+    assert max(memory.labels(*mk).max() for mk in memory.keys()) > 1_000_000
+
+
 def test_batch_permutation_gives_the_same_size_per_row():
     stream = list(blob_stream(11, steps=5))
     a, b = ErrorMemory(_config()), ErrorMemory(_config())
