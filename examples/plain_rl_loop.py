@@ -7,7 +7,9 @@ format ``\\boxed{N}``: the format tokens are fixed, the answer digit is sampled 
   3. ErrorMemory.update assigns each rollout to a stored failure cluster (one batched clustering call);
   4. shape_rewards subtracts the penalty from wrong rollouts, GRPO advantages follow, one policy step.
 
-    python examples/plain_rl_loop.py [--steps 30] [--memory-out meds_memory.bin]
+    python examples/plain_rl_loop.py [--steps 30] [--memory-out meds_memory.bin] [--save-model tiny_policy/]
+
+--save-model writes the trained policy and its tokenizer (save_pretrained) for `meds eval`.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def main() -> None:
     ap.add_argument("--group", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--memory-out", default=None, help="save the error memory here at the end")
+    ap.add_argument("--save-model", default=None, help="save the trained policy + tokenizer to this folder at the end")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -111,6 +114,10 @@ def main() -> None:
     if args.memory_out:
         memory.save(args.memory_out)
         print(f"saved the error memory to {args.memory_out}")
+    if args.save_model:
+        model.save_pretrained(args.save_model)
+        tok.save_pretrained(args.save_model)
+        print(f"saved the policy and its tokenizer to {args.save_model}")
 
 
 if __name__ == "__main__":
