@@ -4,7 +4,10 @@ For each armed sample b with state row ``r_b`` (the token just before the answer
 feature of decoder layer l is ``z_l = <h_l[r_b], W_U[t_b]> (+ bias[t_b])``, computed in float32. Only the armed rows
 (``L x B x H`` numbers) are ever copied out of a forward: no ``output_hidden_states``, no full-vocabulary projection.
 
-torch is imported lazily (inside functions) so that ``import meds_core`` stays cheap.
+The projection runs in the fused gather kernel (``meds_core._native`` on CPU, ``meds_core._native_cuda`` on CUDA;
+see ``meds_core._native_ops``) when it is built and applies; otherwise in torch (``_project`` / ``_dot_rows``, which
+stay the oracle). torch and the kernels are imported lazily (inside functions) so that ``import meds_core`` stays
+cheap.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from meds_core import _native_ops
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -221,6 +226,16 @@ def _head_rows(head: nn.Module, targets: torch.Tensor) -> tuple[torch.Tensor, to
     return w, b_rows
 
 
+def _plain_head(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """Full unembedding ``[V, H]`` and bias ``[V]`` of a head the kernel can gather from directly, or None (LoRA on
+    the head: :func:`_head_rows` adds the adapter's delta to the gathered rows)."""
+    if getattr(head, "lora_A", None) is not None and callable(getattr(head, "get_base_layer", None)):
+        return None
+    weight = _full(head.weight)
+    bias = getattr(head, "bias", None)
+    return weight, (_full(bias) if bias is not None else None)
+
+
 def _in_backward() -> bool:
     """True while autograd runs a backward pass (e.g. an activation-checkpoint recompute)."""
     import torch
@@ -266,6 +281,10 @@ class FeatureCapture:
     under FSDP) and computes the ``[k, layers_needed]`` float32 dot products. If lm_head never runs, the projection
     is done in ``collect()``. A layer that fires again within one arming (checkpoint recompute, a second forward)
     does not overwrite its rows; hooks running inside a backward pass are ignored.
+
+    The rows of all captured layers go into one ``[n, k, H]`` buffer, which the fused gather kernel reads in a
+    single pass (RMSNorm of the earlier layers for ``final_norm="all"`` included, with HF's roundings); models,
+    dtypes or devices the kernel does not cover use the torch path (one warning if the kernel was not built).
     """
 
     def __init__(self, model: nn.Module, config: MEDSConfig) -> None:
@@ -310,6 +329,9 @@ class FeatureCapture:
         self._seen = False  # some armed layer hook ran since arm()
         self._n_tokens = None  # token count of the forward the rows were taken from
         self._raw: list = [None] * self._n  # per captured layer: [k, H] model dtype
+        self._buf = None  # [n, k, H] model dtype: the rows of every captured layer (self._raw[i] is self._buf[i])
+        self._in_buf = [False] * self._n  # whether self._raw[i] is a view of self._buf
+        self._norm_params = None  # (weight, eps) of the final norm for the kernel (final_norm="all")
         self._normed = None  # [n-1, k, H]: final norm applied to all but the last layer (final_norm="all")
         self._post_last = None  # [k, H]: final-norm output rows (layer L as HF reports it)
         self._values = None  # [k, n] float32
@@ -431,15 +453,28 @@ class FeatureCapture:
                              f"(hidden states {tuple(hs.shape)}); rows index the flattened (batch x sequence) axis.")
         self._n_tokens = flat.shape[0]
         with torch.no_grad():
-            self._raw[i] = flat.detach().index_select(0, self._index_on(flat.device))
+            src, idx = flat.detach(), self._index_on(flat.device)
+            if self._buf is None:
+                self._buf = src.new_empty((self._n, idx.shape[0], src.shape[1]))
+            buf = self._buf
+            if buf.device == src.device and buf.dtype == src.dtype and buf.shape[2] == src.shape[1]:
+                self._raw[i] = torch.index_select(src, 0, idx, out=buf[i])
+                self._in_buf[i] = True
+            else:  # layers on several devices / dtypes: keep separate rows
+                self._raw[i] = src.index_select(0, idx)
         return None
 
     def _norm_pre_hook(self, module: nn.Module, args: Any) -> None:
-        if not self._active() or self._normed is not None or self._n < 2 or any(r is None for r in self._raw):
+        if (not self._active() or self._normed is not None or self._norm_params is not None or self._n < 2
+                or any(r is None for r in self._raw)):
             return None
         import torch
 
         with torch.no_grad():
+            params = self._kernel_norm_params()
+            if params is not None:  # the kernel normalises layers 1..n-1 itself: keep the weight as it is now
+                self._norm_params = (params[0].clone(), params[1])
+                return None
             dev = self._raw[-1].device
             self._normed = self._parts.norm.forward(torch.stack([r.to(dev) for r in self._raw[:-1]]))
         return None
@@ -465,12 +500,72 @@ class FeatureCapture:
         self._compute()
         return None
 
+    # -- projection ----------------------------------------------------------------------------------------------------
+
+    def _kernel_applies(self) -> bool:
+        """The fused kernel is built for the head's device and reads the captured dtype and the head's dtype."""
+        head_w = self._parts.head.weight
+        rows = next(r for r in self._raw if r is not None)
+        return (_native_ops.supported_dtype(rows.dtype) and _native_ops.supported_dtype(head_w.dtype)
+                and _native_ops.available(head_w.device.type))
+
+    def _kernel_norm_params(self) -> tuple[torch.Tensor, float] | None:
+        """(weight, eps) of the final norm if the kernel can apply it (HF RMSNorm semantics), else None."""
+        if not self._kernel_applies():
+            return None
+        return _native_ops.hf_rms_norm(self._parts.norm, self._raw[-1].dtype)
+
+    def _compute_kernel(self, dev: torch.device) -> bool:
+        """``self._values`` from the fused kernel; False (nothing changed) where it does not apply."""
+        import torch
+
+        if not self._kernel_applies():
+            return False
+        n, fn = self._n, self.config.final_norm
+        dtype = self._raw[-1].dtype
+        last = self._post_last if fn != "none" else None  # layer n as HF reports it (the final norm's output)
+        if any(r.dtype != dtype for r in self._raw) or (last is not None and last.dtype != dtype):
+            return False
+        begin = 0 if fn == "all" else n - 1 if fn == "last" else n
+        end = n - 1 if last is not None else n
+        norm_w = eps = None
+        if end > begin:
+            params = self._norm_params or _native_ops.hf_rms_norm(self._parts.norm, dtype)
+            if params is None:
+                return False
+            norm_w, eps = params[0].to(dev), params[1]
+        tgt = self._tgt.to(dev)
+        head = _plain_head(self._parts.head)
+        if head is not None and head[0].dim() == 2:
+            weight, bias = head
+        else:  # LoRA head: gather the adapted rows in torch, then index them in order
+            weight, bias = _head_rows(self._parts.head, tgt)
+            tgt = torch.arange(tgt.shape[0], device=dev)
+        if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in (weight, bias) if t is not None):
+            return False  # a tensor subclass (quantised weight, ...): no raw pointer to read
+        if all(self._in_buf):
+            hidden = self._buf.to(dev)
+        else:
+            hidden = torch.stack([r.to(dev) for r in self._raw])
+        if last is not None:  # raw layer n is not needed any more: its slot takes the post-norm rows
+            hidden[n - 1].copy_(last)
+        try:
+            self._values = _native_ops.gather_dot(hidden, weight.to(dev), tgt, None if bias is None else bias.to(dev),
+                                                  norm_weight=norm_w, eps=eps or 0.0, norm_layers=(begin, end),
+                                                  hf_rounding=True)
+        except RuntimeError as exc:  # the launch failed (e.g. no kernel image for this GPU): torch from now on
+            _native_ops.disable(dev.type, exc)
+            return False
+        return True
+
     def _compute(self) -> None:
         """Norm (whatever the hooks did not do yet) + gather ``W_U[t]`` + float32 dots -> ``self._values [k, n]``."""
         import torch
 
         with torch.no_grad():
             dev = self._device()
+            if self._compute_kernel(dev):
+                return
             fn = self.config.final_norm
             raw = [r.to(dev) for r in self._raw]
             if fn == "none":
