@@ -21,7 +21,7 @@ from meds_core._arrays import correctness_groups, to_numpy
 from meds_core._memory_io import read_state, write_state
 from meds_core.clustering import HDBSCANParams, cluster_batch, resolve_backend
 from meds_core.clustering._batch import needs_backend
-from meds_core.clustering._knn import knn_vote_packed
+from meds_core.clustering._knn import knn_vote_packed, knn_vote_packed_numba
 from meds_core.config import MEDSConfig
 
 Key = Union[str, int]
@@ -287,8 +287,9 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        label[rows], size[rows] = knn_vote_packed([s.unit for s in old], [s.labels for s in old], batch.unit[queries],
-                                                  counts, self.config.knn_k)
+        vote = knn_vote_packed_numba if self._backend == "numba" else knn_vote_packed  # same rule, same results
+        label[rows], size[rows] = vote([s.unit for s in old], [s.labels for s in old], batch.unit[queries], counts,
+                                       self.config.knn_k)
         if self.config.noise_policy == "ignore":
             size[label == -1] = 0
         return label, size

@@ -1,6 +1,7 @@
 """Batched clustering of many small memories behind one backend interface."""
 
 from meds_core.clustering._batch import HDBSCANParams, cluster_batch
+from meds_core.clustering._engine import hdbscan_batch
 from meds_core.clustering._knn import knn_vote
 from meds_core.clustering._registry import available_backends, get_backend, register_backend, resolve_backend
 
@@ -9,6 +10,7 @@ __all__ = [
     "available_backends",
     "cluster_batch",
     "get_backend",
+    "hdbscan_batch",
     "knn_vote",
     "register_backend",
     "resolve_backend",

@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from meds_core.clustering import _library  # noqa: F401  (registers the library backends)
+from meds_core.clustering import _engine, _library  # noqa: F401  (register the numba and the library backends)
 from meds_core.clustering._registry import get_backend
 
 

@@ -213,3 +213,27 @@ def knn_vote(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], 
     voted, _ = knn_vote_packed(stored, stored_labels, np.concatenate(queries).astype(np.float64, copy=False), counts,
                                k)
     return np.split(voted, np.cumsum(counts)[:-1])
+
+
+def knn_vote_packed_numba(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], queries: np.ndarray,
+                          counts: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`knn_vote_packed` as one parallel numba kernel (same arguments, same rule and rounding, same results).
+
+    Imports numba on first use. The stored rows are handed over as a typed list of the arrays themselves (no packing
+    copy); each thread transposes one memory at a time into cache-sized scratch. Labels are packed (small).
+    """
+    from numba.typed import List
+
+    from meds_core.clustering._numba_knn import knn_vote_kernel
+
+    m = np.asarray(counts, dtype=np.int64)
+    n = np.fromiter(map(len, stored), dtype=np.int64, count=len(stored))
+    q_off, s_off = np.zeros(len(m) + 1, dtype=np.int64), np.zeros(len(n) + 1, dtype=np.int64)
+    np.cumsum(m, out=q_off[1:])
+    np.cumsum(n, out=s_off[1:])
+    Q = np.ascontiguousarray(queries, dtype=np.float64)
+    if not len(stored):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    rows = List([np.ascontiguousarray(s, dtype=np.float64) for s in stored])
+    labels = np.concatenate(stored_labels).astype(np.int64, copy=False)
+    return knn_vote_kernel(rows, labels, s_off, Q, q_off, int(k))

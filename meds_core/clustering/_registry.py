@@ -8,6 +8,8 @@ factories so optional libraries are imported only when a backend is first used.
 
 from __future__ import annotations
 
+import importlib.util
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -16,6 +18,7 @@ Backend = Callable[[Sequence[np.ndarray], "object"], list[np.ndarray]]
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _LOADED: dict[str, Backend] = {}
+_AUTO: list[str] = []  # what 'auto' resolved to, decided (and warned about) once per process
 
 
 def register_backend(name: str, factory: Callable[[], Backend], *, overwrite: bool = False) -> None:
@@ -33,10 +36,24 @@ def available_backends() -> list[str]:
     return sorted(_FACTORIES)
 
 
+def _auto() -> str:
+    """'numba' where numba is installed (checked without importing it), else 'hdbscan' with one warning."""
+    if not _AUTO:
+        if importlib.util.find_spec("numba") is not None:
+            _AUTO.append("numba")
+        else:
+            warnings.warn("numba is not installed: clustering falls back to backend='hdbscan' (one library call per "
+                          "memory, much slower); pip install numba for the batched engine.", RuntimeWarning,
+                          stacklevel=3)
+            _AUTO.append("hdbscan")
+    return _AUTO[0]
+
+
 def resolve_backend(name: str) -> str:
-    """Map ``'auto'`` to a concrete backend name; check that other names are registered."""
+    """Map ``'auto'`` to a concrete backend name (``'numba'``, or ``'hdbscan'`` without numba); check that other
+    names are registered."""
     if name == "auto":
-        return "hdbscan"
+        return _auto()
     if name not in _FACTORIES:
         raise ValueError(f"unknown clustering backend {name!r}; use 'auto' or one of {available_backends()}.")
     return name

@@ -1,0 +1,193 @@
+"""hdbscan_batch(): exact HDBSCAN* on many small problems in one call (numba on CPU), and the ``numba`` backend.
+
+numba is imported on first use only, so ``import meds_core`` never compiles or imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from meds_core.clustering._registry import register_backend
+
+_METHODS = ("eom", "leaf")
+
+
+def _check_params(min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster,
+                  cluster_selection_epsilon) -> tuple[int, int, bool, bool, float]:
+    """Validated (min_cluster_size, min_samples, leaf, allow_single_cluster, epsilon)."""
+    def is_int(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+    if not is_int(min_cluster_size) or min_cluster_size < 2:
+        raise ValueError(f"min_cluster_size={min_cluster_size!r} must be an integer >= 2.")
+    if min_samples is None:
+        min_samples = min_cluster_size
+    if not is_int(min_samples) or min_samples < 1:
+        raise ValueError(f"min_samples={min_samples!r} must be an integer >= 1 (neighbours besides the point "
+                         "itself, as in the hdbscan library), or None for min_cluster_size.")
+    if cluster_selection_method not in _METHODS:
+        raise ValueError(f"cluster_selection_method={cluster_selection_method!r}; use 'eom' or 'leaf'.")
+    if not isinstance(allow_single_cluster, (bool, np.bool_)):
+        raise ValueError(f"allow_single_cluster={allow_single_cluster!r} must be True or False.")
+    eps = cluster_selection_epsilon
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(eps) or eps < 0:
+        raise ValueError(f"cluster_selection_epsilon={eps!r} must be a finite number >= 0 (0 disables it).")
+    return (int(min_cluster_size), int(min_samples), cluster_selection_method == "leaf", bool(allow_single_cluster),
+            float(eps))
+
+
+def _pack(problems, offsets) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Packed groups (rows [N, d] float64 C-contiguous, offsets [P + 1] int64, problem numbers [P] int64), one per
+    distinct d, from a list of [n_i, d] arrays or from packed input (one group)."""
+    if offsets is not None:
+        X = np.ascontiguousarray(problems, dtype=np.float64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        if X.ndim != 2:
+            raise ValueError(f"packed problems must be an array of shape (N, d); got shape {X.shape}.")
+        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(X) \
+                or (np.diff(offsets) < 0).any():
+            raise ValueError(f"offsets must be non-decreasing, start at 0 and end at N={len(X)}; got {offsets!r}.")
+        return [(X, offsets, np.arange(len(offsets) - 1))]
+    arrays = [np.asarray(x) for x in problems]
+    for i, x in enumerate(arrays):
+        if x.ndim != 2:
+            raise ValueError(f"problem {i} has shape {x.shape}; each problem must be an array of shape (n_i, d).")
+    groups = {}
+    for i, x in enumerate(arrays):
+        groups.setdefault(x.shape[1], []).append(i)
+    out = []
+    for members in groups.values():
+        lengths = np.fromiter((len(arrays[i]) for i in members), dtype=np.int64, count=len(members))
+        offsets = np.zeros(len(members) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        X = np.concatenate([arrays[i] for i in members], axis=0).astype(np.float64, copy=False)
+        out.append((np.ascontiguousarray(X), offsets, np.asarray(members, dtype=np.int64)))
+    return out
+
+
+def _check_finite(X: np.ndarray, offsets: np.ndarray, members: np.ndarray) -> None:
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        p = int(np.searchsorted(offsets, row, side="right") - 1)
+        raise ValueError(f"problem {members[p]} row {row - offsets[p]} is not finite; drop or impute NaN/inf rows "
+                         "first.")
+
+
+def _balanced_order(offsets: np.ndarray, threads: int) -> np.ndarray:
+    """Problem order for the parallel loop, which hands each of ``threads`` threads one contiguous block: problems
+    sorted by cost (n^2) are dealt to the blocks in snake order (0, 1, .., T-1, T-1, .., 0, ...), so the blocks carry
+    about equal work and each starts with its largest problems."""
+    sizes = np.diff(offsets)
+    ranked = np.argsort(-sizes, kind="stable")
+    if threads <= 1 or len(ranked) <= threads:
+        return ranked.astype(np.int64)
+    lap, pos = np.divmod(np.arange(len(ranked)), threads)
+    block = np.where(lap % 2 == 0, pos, threads - 1 - pos)
+    return ranked[np.argsort(block, kind="stable")].astype(np.int64)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in ("auto", "numba"):
+        raise ValueError(f"hdbscan_batch backend={backend!r}; use 'auto' or 'numba' (the CPU engine). For the "
+                         "library loops use meds_core.clustering.cluster_batch(..., backend='hdbscan').")
+
+
+def hdbscan_batch(problems: Sequence[np.ndarray] | np.ndarray, min_cluster_size: int = 5,
+                  min_samples: int | None = None, cluster_selection_method: str = "eom",
+                  allow_single_cluster: bool = False, cluster_selection_epsilon: float = 0.0,
+                  backend: str = "auto", offsets: np.ndarray | None = None) -> list[np.ndarray]:
+    """Exact HDBSCAN* (euclidean) on many small problems in one parallel call, with the hdbscan library's semantics.
+
+    Parameters
+    ----------
+    problems : list of ndarray of shape (n_i, d), float; or ndarray of shape (N, d) with ``offsets``
+        One dataset per problem; rows must be finite. Problems of different d are run as one call per d.
+    min_cluster_size : int, >= 2
+    min_samples : int >= 1 or None
+        Neighbours besides the point itself: the core distance is the distance to the ``min_samples``-th nearest
+        other row (hdbscan library meaning; scikit-learn's ``min_samples`` is this plus one). None means
+        ``min_cluster_size``. Clipped to ``n_i - 1`` per problem, as the library does.
+    cluster_selection_method : {"eom", "leaf"}
+    allow_single_cluster : bool
+    cluster_selection_epsilon : float, >= 0
+    backend : {"auto", "numba"}
+        ``auto`` is the numba CPU engine.
+    offsets : ndarray of shape (P + 1,), int, optional
+        With packed ``problems``: problem p is ``problems[offsets[p]:offsets[p + 1]]``.
+
+    Returns
+    -------
+    list of ndarray of shape (n_i,), int64
+        Labels per problem, clusters numbered 0, 1, ... in the library's order, noise -1. A problem with fewer than
+        ``min_cluster_size`` rows (or a single row) is all noise, also with ``allow_single_cluster`` (where the
+        library would call such a set one cluster).
+
+    Notes
+    -----
+    Matrix-free: O(n_i * d) memory per problem. Deterministic, with fixed tie-breaking: Prim's algorithm starts at
+    row 0 and, among equal keys, adds the lowest row index (the library's dense Prim's does the same, so the MST is
+    edge-for-edge identical to ``hdbscan.HDBSCAN(algorithm='generic')``); merges of equal distance keep MST order
+    (stable sort; the library's unstable sort may order such ties differently, which can change the partition when
+    tied merges decide a split). Condensed tree, stabilities (including hdbscan's float32 sum in the excess-of-mass
+    comparison), selection and labelling follow the library; zero distances (duplicate rows) give lambda = inf as
+    there. Parallel over problems on numba's threads (``numba.set_num_threads`` / ``NUMBA_NUM_THREADS``), each thread
+    taking an equal-work block. The first call in an environment compiles the kernels (about 20 s) and caches them
+    on disk (``MEDS_NUMBA_CACHE=0`` disables the cache).
+    """
+    mcs, ms, leaf, single, eps = _check_params(min_cluster_size, min_samples, cluster_selection_method,
+                                               allow_single_cluster, cluster_selection_epsilon)
+    _check_backend(backend)
+    import numba
+
+    from meds_core.clustering._numba_batch import hdbscan_packed
+
+    threads = numba.get_num_threads()
+    out: list[np.ndarray] = [np.empty(0, np.int64)] * (len(problems) if offsets is None else len(offsets) - 1)
+    for X, offs, members in _pack(problems, offsets):
+        _check_finite(X, offs, members)
+        labels = hdbscan_packed(X, offs, _balanced_order(offs, threads), mcs, ms, leaf, single, eps)
+        for i, lab in zip(members.tolist(), np.split(labels, offs[1:-1])):
+            out[i] = lab
+    return out
+
+
+def mst_edges(problems: Sequence[np.ndarray], min_samples: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The engine's mutual-reachability MST of each problem (a testing hook): (src [n-1] int64, dst [n-1] int64,
+    dist [n-1] float64) in Prim's joining order; empty for n < 2."""
+    _check_params(2, min_samples, "eom", False, 0.0)
+    import numba
+
+    from meds_core.clustering._numba_batch import mst_packed
+
+    out: list = [None] * len(problems)
+    for X, offsets, members in _pack(problems, None):
+        _check_finite(X, offsets, members)
+        edges = np.maximum(np.diff(offsets) - 1, 0)
+        edge_offsets = np.zeros(len(edges) + 1, dtype=np.int64)
+        np.cumsum(edges, out=edge_offsets[1:])
+        order = _balanced_order(offsets, numba.get_num_threads())
+        src, dst, dist = mst_packed(X, offsets, edge_offsets, order, int(min_samples))
+        cuts = edge_offsets[1:-1]
+        for i, e in zip(members.tolist(), zip(np.split(src, cuts), np.split(dst, cuts), np.split(dist, cuts))):
+            out[i] = e
+    return out
+
+
+def _numba_factory():
+    try:
+        from meds_core.clustering import _numba_batch  # noqa: F401  (imports numba and defines the kernels)
+    except ImportError as exc:
+        raise ImportError("clustering backend 'numba' needs the 'numba' package: pip install numba (or use "
+                          "backend='hdbscan')") from exc
+
+    def run(problems: Sequence[np.ndarray], params) -> list[np.ndarray]:
+        return hdbscan_batch(problems, **params._asdict())
+
+    return run
+
+
+register_backend("numba", _numba_factory)

@@ -1,0 +1,261 @@
+"""From MST edges to labels, with the hdbscan library's semantics and node order.
+
+single linkage (union-find) -> condensed tree (``min_cluster_size``) -> stabilities -> selection ("eom" or "leaf",
+``allow_single_cluster``, ``cluster_selection_epsilon``) -> labels (noise -1).
+
+Conventions (hdbscan's): points are nodes 0..n-1 and merge i is node n + i; the condensed tree visits the merge tree
+breadth-first from the root and numbers clusters from n in creation order (the root is n, the two sides of a split get
+consecutive numbers, left first), so a parent always has a smaller number than its children. Condensed-tree rows are
+(parent cluster, child cluster or point, lambda = 1 / distance, child size); a zero distance gives lambda = inf.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from meds_core.clustering._numba_jit import kernel
+
+
+@kernel
+def _find(parent, x):
+    """Root of x in the union-find forest parent [2n-1] int64 (-1 = root), with path compression."""
+    r = x
+    while parent[r] != -1:
+        r = parent[r]
+    while parent[x] != -1 and parent[x] != r:
+        nxt = parent[x]
+        parent[x] = r
+        x = nxt
+    return r
+
+
+@kernel
+def single_linkage(src, dst, weight_sq):
+    """Merge tree of the MST. src, dst [n-1] int64, weight_sq [n-1] f64 ->
+    left, right [n-1] int64 (merged nodes), dist [n-1] f64 (ascending), size [n-1] int64.
+
+    Edges are merged by increasing distance; equal distances keep MST order (stable sort)."""
+    n = src.shape[0] + 1
+    dist_e = np.sqrt(weight_sq)
+    order = np.argsort(dist_e, kind="mergesort")
+    parent = np.full(2 * n - 1, -1, dtype=np.int64)
+    count = np.ones(2 * n - 1, dtype=np.int64)
+    left = np.empty(n - 1, dtype=np.int64)
+    right = np.empty(n - 1, dtype=np.int64)
+    dist = np.empty(n - 1)
+    size = np.empty(n - 1, dtype=np.int64)
+    for i in range(n - 1):
+        e = order[i]
+        a, b = _find(parent, src[e]), _find(parent, dst[e])
+        left[i], right[i], dist[i] = a, b, dist_e[e]
+        size[i] = count[n + i] = count[a] + count[b]
+        parent[a] = parent[b] = n + i
+    return left, right, dist, size
+
+
+@kernel
+def _emit_points(top, parent_label, lam, n, left, right, ignore, queue, rows, r):
+    """Append a row (parent_label, point, lam, 1) for every point under node ``top``, breadth-first, and mark the
+    subtree ignored. rows: (parent, child [2n] int64, lam [2n] f64, size [2n] int64); returns the new row count."""
+    parent, child, lams, sizes = rows
+    head, tail = 0, 1
+    queue[0] = top
+    while head < tail:
+        node = queue[head]
+        head += 1
+        ignore[node] = True
+        if node < n:
+            parent[r], child[r], lams[r], sizes[r] = parent_label, node, lam, 1
+            r += 1
+        else:
+            queue[tail], queue[tail + 1] = left[node - n], right[node - n]
+            tail += 2
+    return r
+
+
+@kernel
+def condense_tree(left, right, dist, size, min_cluster_size):
+    """Condensed tree rows in hdbscan's order. Merge tree [n-1] arrays -> parent, child [r] int64, lam [r] f64,
+    child_size [r] int64, and the number of clusters (the root included)."""
+    n = left.shape[0] + 1
+    root = 2 * n - 2
+    queue = np.empty(2 * n - 1, dtype=np.int64)  # breadth-first order of the merge tree
+    queue[0] = root
+    head, tail = 0, 1
+    while head < tail:
+        node = queue[head]
+        head += 1
+        if node >= n:
+            queue[tail], queue[tail + 1] = left[node - n], right[node - n]
+            tail += 2
+    relabel = np.empty(2 * n - 1, dtype=np.int64)
+    relabel[root] = n
+    next_label = n + 1
+    ignore = np.zeros(2 * n - 1, dtype=np.bool_)
+    scratch = np.empty(2 * n - 1, dtype=np.int64)
+    rows = (np.empty(2 * n, dtype=np.int64), np.empty(2 * n, dtype=np.int64), np.empty(2 * n),
+            np.empty(2 * n, dtype=np.int64))
+    parent, child, lams, sizes = rows
+    r = 0
+    for q in range(2 * n - 1):
+        node = queue[q]
+        if node < n or ignore[node]:
+            continue
+        a, b = left[node - n], right[node - n]
+        lam = 1.0 / dist[node - n] if dist[node - n] > 0.0 else np.inf
+        na = size[a - n] if a >= n else 1
+        nb = size[b - n] if b >= n else 1
+        label = relabel[node]
+        if na >= min_cluster_size and nb >= min_cluster_size:
+            relabel[a] = next_label
+            relabel[b] = next_label + 1
+            parent[r], child[r], lams[r], sizes[r] = label, next_label, lam, na
+            parent[r + 1], child[r + 1], lams[r + 1], sizes[r + 1] = label, next_label + 1, lam, nb
+            next_label += 2
+            r += 2
+        elif na < min_cluster_size and nb < min_cluster_size:
+            r = _emit_points(a, label, lam, n, left, right, ignore, scratch, rows, r)
+            r = _emit_points(b, label, lam, n, left, right, ignore, scratch, rows, r)
+        elif na < min_cluster_size:
+            relabel[b] = label
+            r = _emit_points(a, label, lam, n, left, right, ignore, scratch, rows, r)
+        else:
+            relabel[a] = label
+            r = _emit_points(b, label, lam, n, left, right, ignore, scratch, rows, r)
+    return parent[:r], child[:r], lams[:r], sizes[:r], next_label - n
+
+
+@kernel
+def cluster_stability(parent, child, lam, child_size, n, n_clusters):
+    """Per cluster (numbered from 0 = root): stability [C] f64, birth lambda [C] f64 (root 0), parent [C] int64
+    (root -1), first child [C] int64 (-1 for a leaf; the second child is first + 1). Summed in row order, as hdbscan."""
+    birth = np.zeros(n_clusters)
+    up = np.full(n_clusters, -1, dtype=np.int64)
+    first = np.full(n_clusters, -1, dtype=np.int64)
+    for q in range(parent.shape[0]):
+        c = child[q] - n
+        if c >= 0:
+            p = parent[q] - n
+            birth[c], up[c] = lam[q], p
+            if first[p] == -1:
+                first[p] = c
+    stability = np.zeros(n_clusters)
+    for q in range(parent.shape[0]):
+        p = parent[q] - n
+        stability[p] += (lam[q] - birth[p]) * child_size[q]
+    return stability, birth, up, first
+
+
+@kernel
+def _mark_below(c, first, flag):
+    """Set flag [C] bool for every strict descendant of cluster c in the cluster tree (first [C] int64)."""
+    stack = np.empty(first.shape[0], dtype=np.int64)
+    top = 0
+    if first[c] >= 0:
+        stack[0], stack[1] = first[c], first[c] + 1
+        top = 2
+    while top > 0:
+        top -= 1
+        x = stack[top]
+        flag[x] = True
+        if first[x] >= 0:
+            stack[top], stack[top + 1] = first[x], first[x] + 1
+            top += 2
+
+
+@kernel
+def select_eom(stability, first, up, allow_single_cluster):
+    """Excess-of-mass selection -> selected [C] bool. Bottom-up, a cluster keeps itself unless its children's summed
+    stability is larger; the sum is accumulated in float32 left child first, as hdbscan does (bit-for-bit)."""
+    C = stability.shape[0]
+    stab = stability.copy()
+    keeps = np.zeros(C, dtype=np.bool_)
+    last = 0 if allow_single_cluster else 1  # the root competes only with allow_single_cluster
+    for c in range(C - 1, last - 1, -1):
+        sub = np.float32(0.0)
+        if first[c] >= 0:
+            sub = np.float32(np.float64(sub) + stab[first[c]])
+            sub = np.float32(np.float64(sub) + stab[first[c] + 1])
+        if np.float64(sub) > stab[c]:
+            stab[c] = np.float64(sub)
+        else:
+            keeps[c] = True
+    selected = np.zeros(C, dtype=np.bool_)
+    blocked = np.zeros(C, dtype=np.bool_)  # an ancestor kept itself
+    for c in range(C):  # parents come before children
+        if c > 0:
+            blocked[c] = blocked[up[c]] or keeps[up[c]]
+        selected[c] = keeps[c] and not blocked[c]
+    return selected
+
+
+@kernel
+def select_leaves(first):
+    """Leaf selection -> selected [C] bool: the leaves of the cluster tree (none if the root never splits)."""
+    selected = np.zeros(first.shape[0], dtype=np.bool_)
+    if first[0] >= 0:
+        for c in range(1, first.shape[0]):
+            selected[c] = first[c] < 0
+    return selected
+
+
+@kernel
+def apply_epsilon(selected, birth, up, first, epsilon, allow_single_cluster):
+    """hdbscan's epsilon search: a selected cluster born at a distance below ``epsilon`` is replaced by its nearest
+    ancestor born above it (the root only with allow_single_cluster). selected [C] bool -> [C] bool.
+    Clusters are visited in increasing number (hdbscan iterates a Python set; equal for small numbers)."""
+    C = selected.shape[0]
+    out = np.zeros(C, dtype=np.bool_)
+    processed = np.zeros(C, dtype=np.bool_)
+    for c in range(C):
+        if not selected[c]:
+            continue
+        if 1.0 / birth[c] < epsilon:
+            if not processed[c]:
+                e = c
+                while True:
+                    p = up[e]
+                    if p == 0:
+                        e = 0 if allow_single_cluster else e
+                        break
+                    if 1.0 / birth[p] > epsilon:
+                        e = p
+                        break
+                    e = p
+                out[e] = True
+                _mark_below(e, first, processed)
+        else:
+            out[c] = True
+    return out
+
+
+@kernel
+def label_points(parent, child, lam, n, selected, up, epsilon, allow_single_cluster):
+    """Labels [n] int64: the number (0, 1, ... in cluster order) of a point's nearest selected ancestor, else -1.
+    The root as the only selected cluster (allow_single_cluster) keeps the points that leave it last (lambda at
+    least the root's largest child lambda), or those with lambda >= 1 / epsilon when epsilon > 0."""
+    C = selected.shape[0]
+    owner = np.full(C, -1, dtype=np.int64)  # nearest selected ancestor-or-self
+    rank = np.full(C, -1, dtype=np.int64)
+    k = 0
+    for c in range(C):
+        if selected[c]:
+            rank[c] = k
+            k += 1
+        owner[c] = c if selected[c] else (owner[up[c]] if c > 0 else -1)
+    single = allow_single_cluster and selected[0] and k == 1
+    root_max = 0.0
+    for q in range(parent.shape[0]):
+        if parent[q] == n and lam[q] > root_max:
+            root_max = lam[q]
+    cut = 1.0 / epsilon if epsilon != 0.0 else root_max
+    labels = np.full(n, -1, dtype=np.int64)
+    for q in range(parent.shape[0]):
+        if child[q] >= n:
+            continue
+        o = owner[parent[q] - n]
+        if o > 0:
+            labels[child[q]] = rank[o]
+        elif o == 0 and single and lam[q] >= cut:
+            labels[child[q]] = 0
+    return labels
