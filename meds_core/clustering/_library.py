@@ -11,7 +11,7 @@ on the GPU, one call per problem; recent cuML documents ``min_samples`` with the
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -28,87 +28,56 @@ def _require(module: str, install: str):
         raise ImportError(f"this clustering backend needs the '{module}' package: pip install {install}") from exc
 
 
-def _hdbscan_factory():
-    hdbscan = _require("hdbscan", "hdbscan")
+def _kwargs(params, min_samples_offset: int = 0) -> dict:
+    """The estimator keywords every library shares; ``min_samples_offset`` = 1 for libraries that count the point."""
+    return {"min_cluster_size": params.min_cluster_size, "min_samples": params.min_samples + min_samples_offset,
+            "cluster_selection_method": params.cluster_selection_method,
+            "allow_single_cluster": params.allow_single_cluster,
+            "cluster_selection_epsilon": params.cluster_selection_epsilon}
+
+
+def _loop(fit: Callable[[np.ndarray, object], np.ndarray]):
+    """A backend that calls ``fit(X, params) -> labels`` once per problem."""
 
     def run(problems: Sequence[np.ndarray], params) -> list[np.ndarray]:
-        out = []
-        for X in problems:
-            model = hdbscan.HDBSCAN(
-                min_cluster_size=params.min_cluster_size,
-                min_samples=params.min_samples,
-                cluster_selection_method=params.cluster_selection_method,
-                allow_single_cluster=params.allow_single_cluster,
-                cluster_selection_epsilon=params.cluster_selection_epsilon,
-            )
-            out.append(model.fit(X).labels_.astype(np.int64))
-        return out
+        return [np.asarray(fit(X, params), dtype=np.int64) for X in problems]
 
     return run
+
+
+def _hdbscan_factory():
+    hdbscan = _require("hdbscan", "hdbscan")
+    return _loop(lambda X, params: hdbscan.HDBSCAN(**_kwargs(params)).fit(X).labels_)
 
 
 def _sklearn_factory():
     cluster = _require("sklearn.cluster", "scikit-learn")
 
-    def run(problems: Sequence[np.ndarray], params) -> list[np.ndarray]:
-        out = []
+    def fit(X, params):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
-            for X in problems:
-                model = cluster.HDBSCAN(
-                    min_cluster_size=params.min_cluster_size,
-                    min_samples=params.min_samples + 1,
-                    cluster_selection_method=params.cluster_selection_method,
-                    allow_single_cluster=params.allow_single_cluster,
-                    cluster_selection_epsilon=params.cluster_selection_epsilon,
-                    copy=True,
-                )
-                out.append(model.fit(X).labels_.astype(np.int64))
-        return out
+            return cluster.HDBSCAN(**_kwargs(params, 1), copy=True).fit(X).labels_
 
-    return run
+    return _loop(fit)
 
 
 def _fast_hdbscan_factory():
     fast_hdbscan = _require("fast_hdbscan", "fast_hdbscan")
-
-    def run(problems: Sequence[np.ndarray], params) -> list[np.ndarray]:
-        out = []
-        for X in problems:
-            model = fast_hdbscan.HDBSCAN(
-                min_cluster_size=params.min_cluster_size,
-                min_samples=params.min_samples,
-                cluster_selection_method=params.cluster_selection_method,
-                allow_single_cluster=params.allow_single_cluster,
-                cluster_selection_epsilon=params.cluster_selection_epsilon,
-            )
-            out.append(model.fit(X).labels_.astype(np.int64))
-        return out
-
-    return run
+    return _loop(lambda X, params: fast_hdbscan.HDBSCAN(**_kwargs(params)).fit(X).labels_)
 
 
 def _cuml_factory():
     cluster = _require("cuml.cluster", "'meds_core[cuml]' (RAPIDS cuML; needs an NVIDIA GPU and CUDA 13)")
 
-    def run(problems: Sequence[np.ndarray], params) -> list[np.ndarray]:
-        out = []
-        for X in problems:
-            if len(X) <= params.min_cluster_size and not params.allow_single_cluster:
-                out.append(np.full(len(X), -1, dtype=np.int64))  # no split can leave two sides of min size
-                continue  # (and cuML rejects min_cluster_size >= n_samples, NVIDIA/cuml#6985)
-            model = cluster.HDBSCAN(
-                min_cluster_size=params.min_cluster_size,
-                min_samples=params.min_samples,
-                cluster_selection_method=params.cluster_selection_method,
-                allow_single_cluster=params.allow_single_cluster,
-                cluster_selection_epsilon=params.cluster_selection_epsilon,
-                output_type="numpy",
-            )
-            out.append(np.asarray(model.fit_predict(X.astype(np.float32)), dtype=np.int64))
-        return out
+    def fit(X, params):
+        if len(X) <= params.min_cluster_size and not params.allow_single_cluster:
+            # no split can leave two sides of min size (and cuML rejects min_cluster_size >= n_samples,
+            # NVIDIA/cuml#6985)
+            return np.full(len(X), -1, dtype=np.int64)
+        model = cluster.HDBSCAN(**_kwargs(params), output_type="numpy")
+        return model.fit_predict(X.astype(np.float32))
 
-    return run
+    return _loop(fit)
 
 
 register_backend("hdbscan", _hdbscan_factory)
