@@ -11,9 +11,11 @@ features of d columns, 1-6 modes per memory). Each implementation runs the same 
 * engine: ``meds_core`` numba HDBSCAN* and k-NN vote (``backend='numba'``), on 1 thread and on all threads.
 
 HDBSCAN settings: (min_cluster_size 2, min_samples 1), the reference's, and (5, 5). Times are medians (ms per step),
-speed-ups are over the reference step of the same cell, measured in the same run. On a shared machine a co-tenant
-steals CPU: every measurement records the CPU-pressure stall share (/proc/pressure/cpu) and is retried when above
-0.15 (up to 3 times; the least-stalled run is kept and its stall reported).
+speed-ups are over the reference step of the same cell, measured in the same run. BLAS is held to one thread (the
+loops run one small problem at a time; idle BLAS threads spinning next to numba's would distort the multi-thread
+rows). On a shared machine a co-tenant steals CPU: every measurement records the CPU-pressure stall share
+(/proc/pressure/cpu) and is retried when above 0.15 (up to 3 times; the least-stalled run is kept and its stall
+reported).
 
     python benchmarks/clustering_latency.py            # full grid: library loops on every memory
     python benchmarks/clustering_latency.py --quick    # library loops on a subset of memories, scaled (labelled)
@@ -260,8 +262,8 @@ def markdown(rows: list[dict], args, threads: int) -> str:
              "memory. Each cell: ms per step (speed-up over the reference step of the same cell, same run). "
              "A `*k` suffix: timed on k of the P memories and scaled to P; the reference step is always timed so. "
              f"Library loops {'on a subset (--quick)' if args.quick else 'on every memory'}; engine rows: median of "
-             f"{args.repeats} steps on every memory. `!` marks a measurement whose CPU-pressure stall share stayed "
-             f"above {MAX_STALL} (a co-tenant took CPU).", ""]
+             f"{args.repeats} steps on every memory; BLAS on one thread. `!` marks a measurement whose CPU-pressure "
+             f"stall share stayed above {MAX_STALL} (another task took CPU).", ""]
     for P in sorted({r["P"] for r in rows}):
         for d in sorted({r["d"] for r in rows}):
             for mcs, ms in SETTINGS:
@@ -327,11 +329,14 @@ def main():
     threads = numba.config.NUMBA_NUM_THREADS
     grid = [(P, n, d, mcs, ms) for P in args.prompts for d in args.dims for mcs, ms in SETTINGS for n in args.sizes]
     progress = Progress(len(grid) * (len(LIBRARIES) + 1 + len({1, threads})))
+    from threadpoolctl import threadpool_limits
+
     rows = []
-    for P, n, d, mcs, ms in grid:
-        rows += measure_cell(Cell(P, n, d, mcs, ms), args, numba, progress)
-        with open(args.out + ".partial.json", "w") as f:
-            json.dump(rows, f)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for P, n, d, mcs, ms in grid:
+            rows += measure_cell(Cell(P, n, d, mcs, ms), args, numba, progress)
+            with open(args.out + ".partial.json", "w") as f:
+                json.dump(rows, f)
     progress.close()
     os.remove(args.out + ".partial.json")
     table = markdown(rows, args, threads)
