@@ -95,12 +95,17 @@ def _reference64(hidden, weight, targets, bias, norm_weight, eps, norm_layers):
     return out
 
 
+def _hf_normed_rows(hidden, norm_weight, eps, norm_layers):
+    """[L, B, d] -> list of L [B, d]: HF's RMSNorm on layers begin <= l < end (norm_layers), identity elsewhere."""
+    begin, end = norm_layers
+    return [_hf_rms_norm_reference(hidden[layer], norm_weight, eps) if begin <= layer < end else hidden[layer]
+            for layer in range(hidden.shape[0])]
+
+
 def _torch_same_dtype(hidden, weight, targets, bias, norm_weight, eps, norm_layers):
     """The plain torch computation in the model dtype: HF's RMSNorm, lm_head in that dtype, pick the target."""
     t = targets.clamp(min=0)
-    begin, end = norm_layers
-    rows = [_hf_rms_norm_reference(hidden[layer], norm_weight, eps) if begin <= layer < end else hidden[layer]
-            for layer in range(hidden.shape[0])]
+    rows = _hf_normed_rows(hidden, norm_weight, eps, norm_layers)
     logits = torch.einsum("lbd,bd->bl", torch.stack(rows), weight[t])  # [B, L] in the model dtype
     if bias is not None:
         logits = logits + bias[t].unsqueeze(1)
@@ -112,9 +117,7 @@ def _torch_same_dtype(hidden, weight, targets, bias, norm_weight, eps, norm_laye
 def _torch_hf_fp32(hidden, weight, targets, bias, norm_weight, eps, norm_layers):
     """What FeatureCapture's torch path computes: HF's RMSNorm in the model dtype, then float32 dot products."""
     t = targets.clamp(min=0)
-    begin, end = norm_layers
-    rows = [_hf_rms_norm_reference(hidden[layer], norm_weight, eps) if begin <= layer < end else hidden[layer]
-            for layer in range(hidden.shape[0])]
+    rows = _hf_normed_rows(hidden, norm_weight, eps, norm_layers)
     out = torch.einsum("lbd,bd->bl", torch.stack(rows).float(), weight[t].float())
     if bias is not None:
         out = out + bias[t].float().unsqueeze(1)
