@@ -1,4 +1,5 @@
-"""The ``meds`` command: ``meds eval`` (pass@k and diversity of a checkpoint), ``meds inspect`` (a saved memory).
+"""The ``meds`` command: ``meds eval`` (pass@k and diversity of a checkpoint), ``meds inspect`` (a saved memory),
+``meds demo`` (GRPO with and without MEDS on a toy task, on CPU).
 
 Each subcommand is a ``_add_<name>(subparsers)`` that declares its arguments and a ``_run_<name>(args)`` that
 imports what it needs (torch, transformers, matplotlib are never imported by ``import meds_core.cli``).
@@ -82,8 +83,41 @@ def _run_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-# name -> (add arguments, run); `demo` and `bench` join here.
-COMMANDS = {"eval": (_add_eval, _run_eval), "inspect": (_add_inspect, _run_inspect)}
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="TRL GRPO with MEDS vs baseline vs a shuffled-penalty control on a toy task (CPU)",
+                       description="Build a tiny Qwen2 and a word-level tokenizer in-process (no downloads), "
+                                   "warm-start it on 'a + b =' so each prompt has several systematic error modes, "
+                                   "then run TRL GRPO from the same start and seeds as baseline, MEDS and a "
+                                   "shuffled-penalty control (partial-credit reward, scale_rewards='none'). Prints a "
+                                   "per-step table and a summary over seeds that claims only what beats the control; "
+                                   "writes OUT/metrics.json, samples.json, steps.tsv and PNG plots. About 2 minutes "
+                                   "on 2 CPU cores.")
+    p.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
+    p.add_argument("--seeds", type=int, default=3,
+                   help="seeds 0..SEEDS-1, each run by all three methods (default 3)")
+    p.add_argument("--steps", type=int, default=60, help="GRPO steps per run (default 60)")
+    p.add_argument("--batch", type=int, default=32,
+                   help="completions per step, a multiple of 8 (default 32 = 4 prompts x 8)")
+    p.add_argument("--penalty-coef", type=float, default=0.5, help="MEDS alpha (default 0.5)")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 6 steps, short warm-up (seconds)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-step table; summary only")
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    try:
+        import trl  # noqa: F401
+    except ImportError:
+        print("meds demo needs TRL and matplotlib: pip install 'meds_core[demo]'", file=sys.stderr)
+        return 1
+    from meds_core.demo.pipeline import run_demo
+
+    run_demo(out=args.out, seeds=args.seeds, steps=args.steps, batch=args.batch, penalty_coef=args.penalty_coef,
+             quick=args.quick, quiet=args.quiet)
+    return 0
+
+
+# name -> (add arguments, run); `bench` joins here.
+COMMANDS = {"eval": (_add_eval, _run_eval), "inspect": (_add_inspect, _run_inspect), "demo": (_add_demo, _run_demo)}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,187 @@
+"""What the demo prints and writes: progress bar, per-step table, final summary, claims, JSON, TSV and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, TextIO
+
+import numpy as np
+
+from meds_core.demo.runs import METHODS, RunLog
+from meds_core.demo.summary import METRIC_BY_KEY, METRICS
+
+LABELS = {"baseline": "baseline", "meds": "MEDS", "shuffle": "shuffled ctrl"}
+STEP_COLUMNS = ("method", "seed", "step", "reward", "acc", "entropy", "pen_mean", "penalized", "mem_rows", "sec")
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr), redrawn in place; silent when ``enabled`` is False."""
+
+    def __init__(self, total: int, enabled: bool = True, stream: TextIO | None = None, width: int = 30) -> None:
+        self.total, self.done, self.width = total, 0, width
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and self.stream.isatty()
+        self.label = ""
+
+    def advance(self, n: int = 1, label: str | None = None) -> None:
+        self.done += n
+        if label is not None:
+            self.label = label
+        self.draw()
+
+    def draw(self) -> None:
+        if not self.enabled:
+            return
+        frac = self.done / max(self.total, 1)
+        bar = "#" * int(frac * self.width)
+        self.stream.write(f"\r[{bar:<{self.width}}] {self.done}/{self.total} steps {self.label}\033[K")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def step_row(log: RunLog, step: int) -> dict[str, Any]:
+    """One row of the per-step table (exact accuracy/entropy only at evaluation steps, else None)."""
+    e = next((x for x in reversed(log.steps) if x["step"] == step), {})
+    ev = next((x for x in reversed(log.evals) if x["step"] == step), None)
+    return {"method": log.method, "seed": log.seed, "step": step, "reward": e.get("reward"),
+            "acc": ev["acc"] if ev else None, "entropy": ev["entropy"] if ev else None,
+            "pen_mean": e.get("meds/penalty_mean", 0.0), "penalized": e.get("meds/penalized_frac", 0.0),
+            "mem_rows": e.get("meds/memory_rows", 0.0), "sec": e.get("seconds")}
+
+
+def format_row(row: dict[str, Any]) -> str:
+    def f(v: Any, spec: str, width: int) -> str:
+        return f"{'-':>{width}}" if v is None else f"{v:>{width}{spec}}"
+    return (f"{LABELS[row['method']]:<13} {row['seed']:>4} {row['step']:>4} {f(row['reward'], '.3f', 6)} "
+            f"{f(row['acc'], '.3f', 6)} {f(row['entropy'], '.3f', 7)} {f(row['pen_mean'], '.3f', 8)} "
+            f"{f(row['penalized'], '.2f', 9)} {f(row['mem_rows'], '.0f', 8)} {f(row['sec'], '.3f', 6)}")
+
+
+def table_header() -> str:
+    return (f"{'method':<13} {'seed':>4} {'step':>4} {'reward':>6} {'acc':>6} {'entropy':>7} {'pen_mean':>8} "
+            f"{'penalized':>9} {'mem_rows':>8} {'sec':>6}")
+
+
+def summary_table(agg: dict[str, dict[str, dict[str, Any]]], n_seeds: int) -> str:
+    """Side-by-side summary: one row per metric, one ``mean ± sd`` column per method."""
+    methods = [m for m in METHODS if m in agg]
+    head = f"{'metric (' + str(n_seeds) + ' seed' + ('s' if n_seeds > 1 else '') + ', mean ± sd)':<38}" + "".join(
+        f"{LABELS[m]:>18}" for m in methods)
+    lines = [head, "-" * len(head)]
+    for m in METRICS:
+        cells = []
+        for method in methods:
+            a = agg[method][m.key]
+            cells.append(f"{m.fmt.format(a['mean'])} ± {m.fmt.format(a['sd'])}")
+        lines.append(f"{m.label:<38}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+def claim_lines(comparisons: dict[str, dict[str, dict[str, Any]]], n_seeds: int, min_seeds: int = 3) -> list[str]:
+    """Plain-language lines: MEDS vs the shuffled control (claims only what beats it), then the context."""
+    lines = []
+    vs_ctrl = comparisons.get("meds_vs_shuffle", {})
+    claimed = [k for k, c in vs_ctrl.items() if c["claimed"]]
+    if n_seeds < min_seeds:
+        lines.append(f"{n_seeds} seed(s): too few to claim anything (claims need >= {min_seeds} seeds).")
+    for k, c in vs_ctrl.items():
+        m = METRIC_BY_KEY[k]
+        what = "MEDS better" if c["claimed"] else "not consistent: no claim"
+        lines.append(f"MEDS vs shuffled control: {m.label:<36} {c['delta']:+.3f} [{c['min']:+.3f}..{c['max']:+.3f}] "
+                     f"MEDS better in {c['wins']}/{c['n']} seeds -> {what}")
+    if n_seeds >= min_seeds:
+        if claimed:
+            lines.append("What the memory adds beyond any penalty (MEDS beats the shuffled-penalty control in "
+                         "every seed): " + ", ".join(METRIC_BY_KEY[k].label for k in claimed) + ".")
+        else:
+            lines.append("MEDS did not beat the shuffled-penalty control consistently on any metric in this run: "
+                         "no memory-specific effect is claimed.")
+    for name, title in (("meds_vs_baseline", "MEDS vs baseline"), ("shuffle_vs_baseline", "shuffled ctrl vs baseline")):
+        comp = comparisons.get(name)
+        if comp:
+            lines.append(f"{title} (context, not a claim about the memory): " + "; ".join(
+                f"{k} {c['delta']:+.3f} ({c['wins']}/{c['n']})" for k, c in comp.items()
+                if k in ("acc_final", "rep_rate", "top_wrong", "entropy")))
+    return lines
+
+
+def write_json(path: str, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (NaN written as null)."""
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not np.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        if isinstance(x, np.generic):
+            return clean(x.item())
+        return x
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(clean(obj), f, indent=1)
+    os.replace(tmp, path)
+
+
+def write_steps_tsv(path: str, logs: list[RunLog]) -> None:
+    """Every step of every run: the per-step table in full."""
+    with open(path, "w") as f:
+        f.write("\t".join(STEP_COLUMNS) + "\n")
+        for log in logs:
+            for e in log.steps:
+                row = step_row(log, int(e["step"]))
+                f.write("\t".join("" if row[c] is None else str(row[c]) for c in STEP_COLUMNS) + "\n")
+
+
+def plot(out: str, logs: list[RunLog], agg: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """PNG plots (matplotlib, Agg): learning curves of the exact metrics and per-seed summary values."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"baseline": "tab:gray", "meds": "tab:blue", "shuffle": "tab:orange"}
+    files = []
+    curves = (("acc", "exact P(correct), training prompts"), ("entropy", "answer entropy (nats), exact"),
+              ("top_wrong", "top wrong answer's share, exact"))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for ax, (key, title) in zip(axes, curves):
+        for method in METHODS:
+            runs = [g for g in logs if g.method == method]
+            if not runs:
+                continue
+            steps = [e["step"] for e in runs[0].evals]
+            vals = np.asarray([[e[key] for e in g.evals] for g in runs])
+            ax.plot(steps, vals.mean(0), color=colors[method], label=LABELS[method])
+            ax.fill_between(steps, vals.min(0), vals.max(0), color=colors[method], alpha=0.2, linewidth=0)
+        ax.set_title(title)
+        ax.set_xlabel("GRPO step")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("mean over seeds, band = min..max")
+    fig.tight_layout()
+    files.append(os.path.join(out, "curves.png"))
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+
+    keys = ("acc_final", "rep_rate", "top_wrong", "entropy", "distinct", "penalty")
+    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3.6))
+    methods = [m for m in METHODS if m in agg]
+    for ax, key in zip(axes, keys):
+        for i, method in enumerate(methods):
+            a = agg[method][key]
+            ax.bar(i, a["mean"], color=colors[method], alpha=0.6)
+            ax.scatter([i] * len(a["values"]), a["values"], color="k", s=10, zorder=3)
+        ax.set_xticks(range(len(methods)), [LABELS[m] for m in methods], rotation=30, fontsize=8)
+        ax.set_title(METRIC_BY_KEY[key].label, fontsize=8)
+    fig.tight_layout()
+    files.append(os.path.join(out, "summary.png"))
+    fig.savefig(files[-1], dpi=100)
+    plt.close(fig)
+    return files
