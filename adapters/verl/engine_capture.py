@@ -26,7 +26,7 @@ from meds_core.config import MEDSConfig
 
 from .positions import packed_rows, padded_rows, ulysses_local_rows
 
-__all__ = ["FEATURES", "FLAG", "FROM_END", "EngineCapture", "install_capture"]
+__all__ = ["FEATURES", "FLAG", "FROM_END", "EngineCapture", "install_capture", "sp_pack", "sp_unpack"]
 
 FLAG = "meds_capture"  # non-tensor flag of the batch (KVBatchMeta.extra_info): capture this forward
 FROM_END = "meds_from_end"  # int64 [n]: tokens from the answer token to the sequence end (0: no answer)
@@ -38,6 +38,19 @@ def _flag(micro_batch: Any, key: str, default: Any = None) -> Any:
     from verl.utils import tensordict_utils as tu
 
     return tu.get_non_tensor_data(data=micro_batch, key=key, default=default)
+
+
+def sp_pack(feats: torch.Tensor) -> torch.Tensor:
+    """[mb, F] features of one SP rank (NaN rows: not owned here) -> [mb, F + 1] (rows owned, zeros elsewhere | owned
+    flag), whose SUM over the ranks :func:`sp_unpack` turns back into features."""
+    owned = torch.isfinite(feats).all(dim=1, keepdim=True)
+    return torch.cat([torch.where(owned, feats, torch.zeros_like(feats)), owned.to(feats.dtype)], dim=1)
+
+
+def sp_unpack(summed: torch.Tensor) -> torch.Tensor:
+    """[mb, F + 1] sum over SP ranks of :func:`sp_pack` -> [mb, F]; NaN rows where no rank owned the sample."""
+    count = summed[:, -1:]
+    return torch.where(count > 0, summed[:, :-1] / count.clamp(min=1), torch.full_like(summed[:, :-1], float("nan")))
 
 
 class EngineCapture:
@@ -99,12 +112,10 @@ class EngineCapture:
         return feats
 
     def _sp_reduce(self, feats: torch.Tensor) -> torch.Tensor:
-        """Sum over the Ulysses group of (rows this rank owned | owned flag): ONE all-reduce, every rank must call."""
-        owned = torch.isfinite(feats).all(dim=1, keepdim=True)
-        packed = torch.cat([torch.where(owned, feats, torch.zeros_like(feats)), owned.float()], dim=1)
+        """ONE all-reduce (SUM) over the Ulysses group; every SP rank must call it."""
+        packed = sp_pack(feats)
         torch.distributed.all_reduce(packed, group=self.sp_group)
-        count = packed[:, -1:]
-        return torch.where(count > 0, packed[:, :-1] / count.clamp(min=1), torch.full_like(feats, float("nan")))
+        return sp_unpack(packed)
 
     def remove(self) -> None:
         self.capture.remove()
