@@ -99,6 +99,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", type=int, default=32,
                    help="completions per step, a multiple of 8 (default 32 = 4 prompts x 8)")
     p.add_argument("--penalty-coef", type=float, default=0.5, help="MEDS alpha (default 0.5)")
+    p.add_argument("--mixed-groups-only", action="store_true",
+                   help="shape only groups holding both a correct and a wrong completion (MEDSConfig's default); the "
+                        "demo shapes every group by default, as the research probe measured with scale_rewards='none'")
     p.add_argument("--quick", action="store_true", help="smoke test: 1 seed, 6 steps, short warm-up (seconds)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or per-step table; summary only")
 
@@ -112,7 +115,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from meds_core.demo.pipeline import run_demo
 
     run_demo(out=args.out, seeds=args.seeds, steps=args.steps, batch=args.batch, penalty_coef=args.penalty_coef,
-             quick=args.quick, quiet=args.quiet)
+             quick=args.quick, quiet=args.quiet, mixed_groups_only=args.mixed_groups_only)
     return 0
 
 

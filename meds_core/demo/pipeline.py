@@ -78,7 +78,7 @@ def run_demo(out: str = "demo_out", seeds: int = 3, steps: int = 60, batch: int 
         f"entropy {warm['entropy']:.2f} nats, top wrong answer's share {warm['top_wrong']:.2f}")
     say(f"GRPO: {seeds} seed(s) x {{baseline, MEDS, shuffled-penalty control}}, {steps} steps, batch {batch} = "
         f"{batch // settings.num_generations} prompts x {settings.num_generations}, scale_rewards='none', "
-        f"penalty_coef {penalty_coef}, lr {settings.learning_rate}")
+        f"penalty_coef {penalty_coef}, lr {settings.learning_rate}, mixed_groups_only={mixed_groups_only}")
 
     progress = report.Progress(seeds * len(METHODS) * steps, enabled=not quiet)
 

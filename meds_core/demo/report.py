@@ -13,7 +13,8 @@ from meds_core.demo.runs import METHODS, RunLog
 from meds_core.demo.summary import METRIC_BY_KEY, METRICS
 
 LABELS = {"baseline": "baseline", "meds": "MEDS", "shuffle": "shuffled ctrl"}
-STEP_COLUMNS = ("method", "seed", "step", "reward", "acc", "entropy", "pen_mean", "penalized", "mem_rows", "sec")
+STEP_COLUMNS = ("method", "seed", "step", "reward", "shaped", "acc", "entropy", "pen_mean", "penalized", "mem_rows",
+                "sec")
 
 
 class Progress:
@@ -46,26 +47,30 @@ class Progress:
 
 
 def step_row(log: RunLog, step: int) -> dict[str, Any]:
-    """One row of the per-step table (exact accuracy/entropy only at evaluation steps, else None)."""
+    """One row of the per-step table: mean partial reward before and after MEDS shaping (TRL's ``reward``), exact
+    accuracy/entropy (evaluation steps only, else None), TRL's ``meds/*`` metrics and the step's seconds."""
     e = next((x for x in reversed(log.steps) if x["step"] == step), {})
     ev = next((x for x in reversed(log.evals) if x["step"] == step), None)
-    return {"method": log.method, "seed": log.seed, "step": step, "reward": e.get("reward"),
+    return {"method": log.method, "seed": log.seed, "step": step, "reward": log.raw_reward.get(step),
+            "shaped": e.get("reward"),
             "acc": ev["acc"] if ev else None, "entropy": ev["entropy"] if ev else None,
             "pen_mean": e.get("meds/penalty_mean", 0.0), "penalized": e.get("meds/penalized_frac", 0.0),
             "mem_rows": e.get("meds/memory_rows", 0.0), "sec": e.get("seconds")}
 
 
+# per-step table on screen: (column, width, format)
+_SCREEN = (("reward", 6, ".3f"), ("shaped", 6, ".3f"), ("acc", 6, ".3f"), ("entropy", 7, ".3f"), ("pen_mean", 8, ".3f"),
+           ("penalized", 9, ".2f"), ("mem_rows", 8, ".0f"), ("sec", 6, ".3f"))
+
+
 def format_row(row: dict[str, Any]) -> str:
-    def f(v: Any, spec: str, width: int) -> str:
-        return f"{'-':>{width}}" if v is None else f"{v:>{width}{spec}}"
-    return (f"{LABELS[row['method']]:<13} {row['seed']:>4} {row['step']:>4} {f(row['reward'], '.3f', 6)} "
-            f"{f(row['acc'], '.3f', 6)} {f(row['entropy'], '.3f', 7)} {f(row['pen_mean'], '.3f', 8)} "
-            f"{f(row['penalized'], '.2f', 9)} {f(row['mem_rows'], '.0f', 8)} {f(row['sec'], '.3f', 6)}")
+    """One line of the per-step table (``-`` where a value is absent)."""
+    cells = [f"{'-':>{w}}" if row[k] is None else f"{row[k]:>{w}{spec}}" for k, w, spec in _SCREEN]
+    return f"{LABELS[row['method']]:<13} {row['seed']:>4} {row['step']:>4} " + " ".join(cells)
 
 
 def table_header() -> str:
-    return (f"{'method':<13} {'seed':>4} {'step':>4} {'reward':>6} {'acc':>6} {'entropy':>7} {'pen_mean':>8} "
-            f"{'penalized':>9} {'mem_rows':>8} {'sec':>6}")
+    return f"{'method':<13} {'seed':>4} {'step':>4} " + " ".join(f"{k:>{w}}" for k, w, _ in _SCREEN)
 
 
 def summary_table(agg: dict[str, dict[str, dict[str, Any]]], n_seeds: int) -> str:
@@ -94,11 +99,14 @@ def claim_lines(comparisons: dict[str, dict[str, dict[str, Any]]], n_seeds: int,
         m = METRIC_BY_KEY[k]
         what = "MEDS better" if c["claimed"] else "not consistent: no claim"
         lines.append(f"MEDS vs shuffled control: {m.label:<36} {c['delta']:+.3f} [{c['min']:+.3f}..{c['max']:+.3f}] "
-                     f"MEDS better in {c['wins']}/{c['n']} seeds -> {what}")
+                     f"t={c['t']:+.1f}, MEDS better in {c['wins']}/{c['n']} seeds -> {what}")
     if n_seeds >= min_seeds:
         if claimed:
             lines.append("What the memory adds beyond any penalty (MEDS beats the shuffled-penalty control in "
-                         "every seed): " + ", ".join(METRIC_BY_KEY[k].label for k in claimed) + ".")
+                         "every seed): " + "; ".join(METRIC_BY_KEY[k].label for k in claimed) + ".")
+            lines.append(f"Caveat: with {n_seeds} seeds, agreement in every seed happens by chance with probability "
+                         f"1/{2 ** n_seeds} per metric; small deltas (a few thousandths) are weak evidence. Run more "
+                         "seeds (--seeds 6) to firm them up.")
         else:
             lines.append("MEDS did not beat the shuffled-penalty control consistently on any metric in this run: "
                          "no memory-specific effect is claimed.")

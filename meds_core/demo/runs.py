@@ -58,6 +58,7 @@ class RunLog:
                                                               "reward": []})
     steps: list[dict[str, float]] = field(default_factory=list)  # per optimizer step: seconds + TRL's logs
     evals: list[dict[str, Any]] = field(default_factory=list)  # step, acc, entropy, top_wrong, acc_held
+    raw_reward: dict[int, float] = field(default_factory=dict)  # step -> mean partial reward before shaping
     train_seconds: float = 0.0
 
 
@@ -80,6 +81,7 @@ class PartialReward:
             s["prompt_id"].append(int(p))
             s["answer"].append(c.strip())
             s["reward"].append(r)
+        self.log.raw_reward[step] = float(np.mean(rewards)) if rewards else float("nan")
         return rewards
 
 

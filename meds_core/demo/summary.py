@@ -82,7 +82,8 @@ def aggregate(summaries: dict[str, list[dict[str, float]]]) -> dict[str, dict[st
 def paired(a: list[dict[str, float]], b: list[dict[str, float]], min_seeds: int = 3) -> dict[str, dict[str, Any]]:
     """Per-seed differences ``a - b`` of every claimable metric (lists aligned by seed).
 
-    Returns metric -> {delta (mean), min, max, wins (seeds where a is better), n, claimed}. A difference is
+    Returns metric -> {delta (mean), min, max, t (paired t statistic; 0 without spread), wins (seeds where a is
+    better), n, claimed}. A difference is
     claimed when a is better in every seed (n <= 4) or in at least 80 % of seeds (n >= 5), with n >= min_seeds.
     """
     if len(a) != len(b):
@@ -95,8 +96,10 @@ def paired(a: list[dict[str, float]], b: list[dict[str, float]], min_seeds: int 
         d = np.asarray([x[m.key] - y[m.key] for x, y in zip(a, b)], dtype=np.float64)
         wins = int(np.sum(m.better * d > 0))
         need = n if n <= 4 else math.ceil(0.8 * n)
-        out[m.key] = {"delta": float(np.mean(d)), "min": float(np.min(d)), "max": float(np.max(d)), "wins": wins,
-                      "n": n, "claimed": bool(n >= min_seeds and wins >= need)}
+        sd = float(np.std(d, ddof=1)) if n > 1 else 0.0
+        t = float(np.mean(d) / (sd / math.sqrt(n))) if sd > 0 else 0.0
+        out[m.key] = {"delta": float(np.mean(d)), "min": float(np.min(d)), "max": float(np.max(d)), "t": t,
+                      "wins": wins, "n": n, "claimed": bool(n >= min_seeds and wins >= need)}
     return out
 
 
