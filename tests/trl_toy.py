@@ -93,3 +93,17 @@ def grpo_args(out_dir: str, **overrides):
               temperature=1.0, disable_tqdm=True, dataloader_num_workers=0)
     kw.update(overrides)
     return GRPOConfig(**kw)
+
+
+_WARM: dict = {}
+
+
+def warm_model(tok, seed: int = 0, no_answer_frac: float = 0.0):
+    """A fresh model in the warm-started state (the warm-up runs once per process and setting)."""
+    key = (seed, no_answer_frac)
+    if key not in _WARM:
+        _WARM[key] = {k: v.clone() for k, v in
+                      warm_start(toy_model(seed), tok, seed=seed, no_answer_frac=no_answer_frac).state_dict().items()}
+    model = toy_model(seed)
+    model.load_state_dict(_WARM[key])
+    return model

@@ -11,11 +11,11 @@ import torch
 
 from meds_core.capture import FeatureCapture
 from meds_core.config import MEDSConfig
-from meds_core.features import _logits_kwargs
 from meds_core.memory import ErrorMemory
 
 from ._version import SUPPORTED_TRL, check_trl_version
-from .batch import answer_rows, padded_batch, split_batch
+from .batch import answer_rows, split_batch
+from .features import forward_features
 from .step import correctness, prompt_text_key, shape_step
 
 check_trl_version()
@@ -173,23 +173,9 @@ class MEDSGRPOTrainer(GRPOTrainer):
                 return feats, ~torch.isfinite(feats).all(1).cpu().numpy()
             logger.warning("MEDS: TRL's old-log-prob forward saw a different batch than the one being scored; "
                            "running an extra forward for the features.")
-        ids, mask, P = padded_batch(prompt_ids, completion_ids, self._tokenizer.pad_token_id, self.accelerator.device)
-        rows, targets = answer_rows(self.processing_class, completion_ids, P, ids.shape[1],
-                                    self.meds_config.answer_marker)
-        model = self.model
-        modes = [(m, m.training) for m in model.modules()]
-        model.eval()
-        self.meds_capture.arm(rows, targets)
-        try:
-            with torch.no_grad(), self.accelerator.autocast():
-                model(input_ids=ids, attention_mask=mask, use_cache=False, **_logits_kwargs(model))
-            feats = self.meds_capture.collect()
-        finally:
-            self.meds_capture.disarm()
-            for m, training in modes:
-                m.training = training
         self.meds_extra_forwards += 1
-        return feats, targets < 0
+        return forward_features(self.model, self.meds_capture, self.processing_class, prompt_ids, completion_ids,
+                                self._tokenizer.pad_token_id, self.accelerator.device, self.accelerator.autocast())
 
     # -- shaping -------------------------------------------------------------------------------------------------------
 

@@ -1,0 +1,340 @@
+"""MEDSGRPOTrainer and MEDSPenaltyReward inside real TRL GRPOTrainer runs on a tiny random Qwen2 (CPU)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("trl")
+torch = pytest.importorskip("torch")
+
+import trl_toy as T  # noqa: E402
+from meds_core.adapters.trl import MEDSGRPOTrainer, MEDSPenaltyReward, check_trl_version  # noqa: E402
+
+from meds_core import MEDSConfig  # noqa: E402
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+CONFIG = MEDSConfig(use_last_n_layers=3, penalty_coef=0.5)
+
+
+def oracle_features(model, prompt_ids, completion_ids, config: MEDSConfig) -> np.ndarray:
+    """Independent features: each sample alone (no padding), output_hidden_states, marker found by token id."""
+    marker = T.VOCAB.index(T.MARKER)
+    L = model.config.num_hidden_layers
+    W = model.get_output_embeddings().weight.detach().float()
+    out = np.full((len(prompt_ids), config.use_last_n_layers), np.nan)
+    was = model.training
+    model.eval()
+    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
+        hits = [i for i, t in enumerate(c) if t == marker]
+        if not hits or hits[-1] + 1 >= len(c):
+            continue
+        k = hits[-1] + 1
+        with torch.no_grad():
+            hs = model(input_ids=torch.tensor([list(p) + list(c)]), output_hidden_states=True).hidden_states
+        q = len(p) + k - 1
+        n = config.layers_needed
+        vals = np.array([float(hs[i][0, q].float() @ W[c[k]]) for i in range(L - n + 1, L + 1)])
+        out[b] = np.diff(vals) if config.use_layer_diff else vals
+    model.train(was)
+    return out
+
+
+class Recording(MEDSGRPOTrainer):
+    """Records, per generation batch, what MEDS saw and produced (plus an oracle computed with the same weights)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.rec: list[dict] = []
+
+    def _meds_features(self, prompts, completion_ids):
+        feats, no_answer = super()._meds_features(prompts, completion_ids)
+        prompt_ids = self._tokenize_prompts(prompts)[0]
+        model = self.accelerator.unwrap_model(self.model)
+        self.rec.append({"completion_ids": [list(c) for c in completion_ids], "features": feats.cpu().numpy(),
+                         "oracle": oracle_features(model, prompt_ids, completion_ids, self.meds_config),
+                         "no_answer": no_answer})
+        return feats, no_answer
+
+    def meds_cluster_sizes(self, sizes, correct, group_ids):
+        self.rec[-1].update(sizes=sizes.copy(), correct=correct.copy(), group_ids=group_ids.copy())
+        return super().meds_cluster_sizes(sizes, correct, group_ids)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        if self.model.training:
+            self.rec[-1]["rewards_per_func"] = out.detach().cpu().numpy().copy()
+            self.rec[-1]["raw"] = np.array(T.accuracy(completions, [x["answer"] for x in inputs]))
+        return out
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        if self.model.training:
+            self.rec[-1]["advantages"] = out["advantages"].detach().cpu().numpy().copy()
+        return out
+
+
+def make(tmp_path, cls=Recording, config=CONFIG, dataset=None, model=None, **args):
+    tok = T.toy_tokenizer()
+    if model is None:
+        model = T.warm_model(tok)
+    extra = {k: args.pop(k) for k in ("reward_funcs", "callbacks", "eval_dataset") if k in args}
+    meds = {k: args.pop(k) for k in ("prompt_key_column", "correctness_reward", "peft_config") if k in args}
+    kw = dict(model=model, args=T.grpo_args(str(tmp_path / "out"), **args),
+              train_dataset=dataset if dataset is not None else T.toy_dataset(), processing_class=tok, **extra)
+    kw.setdefault("reward_funcs", [T.accuracy])
+    if cls is not None and issubclass(cls, MEDSGRPOTrainer):
+        kw.update(meds_config=config, **meds)
+    else:
+        kw.update({k: v for k, v in meds.items() if k == "peft_config"})
+    return cls(**kw)
+
+
+def expected_penalty(size, coef=CONFIG.penalty_coef, cap=CONFIG.penalty_cap):
+    return coef * min(math.log(size + 1.0), cap)
+
+
+# -- features ----------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("config", [CONFIG, MEDSConfig(use_last_n_layers=2, use_layer_diff=True)])
+def test_extra_forward_features_equal_output_hidden_states(tmp_path, config):
+    tr = make(tmp_path, config=config, max_steps=3)
+    tr.train()
+    assert tr.meds_extra_forwards == 3 and tr.meds_reused_forwards == 0
+    for r in tr.rec:
+        np.testing.assert_array_equal(np.isnan(r["features"]), np.isnan(r["oracle"]))
+        np.testing.assert_allclose(r["features"], r["oracle"], rtol=1e-4, atol=1e-4)
+    assert sum(np.isfinite(r["features"]).all(1).sum() for r in tr.rec) > 0
+
+
+def test_reuses_trl_old_logprob_forward_when_trl_runs_one(tmp_path):
+    # steps_per_generation > gradient_accumulation_steps: TRL runs its chunked no-grad forward before the rewards
+    tr = make(tmp_path, per_device_train_batch_size=4, steps_per_generation=2, max_steps=4)
+    tr.train()
+    assert tr.meds_reused_forwards == 2 and tr.meds_extra_forwards == 0
+    for r in tr.rec:
+        np.testing.assert_allclose(r["features"], r["oracle"], rtol=1e-4, atol=1e-4)
+
+
+def test_features_with_peft_and_gradient_checkpointing(tmp_path):
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM")
+    tr = make(tmp_path, peft_config=lora, gradient_checkpointing=True, max_steps=2)
+    tr.train()
+    assert len(tr.rec) == 2
+    for r in tr.rec:
+        np.testing.assert_allclose(r["features"], r["oracle"], rtol=1e-4, atol=1e-4)
+
+
+# -- shaping and advantages --------------------------------------------------------------------------------------------
+
+
+def grpo_advantages(rewards_per_func, weights, G, scale, aggregation):
+    """GRPO advantages recomputed from (shaped) rewards, written from TRL's documented formulas."""
+    if aggregation == "sum_then_normalize":
+        r = (rewards_per_func * weights).sum(1).reshape(-1, G)
+        adv = r - r.mean(1, keepdims=True)
+        std = r.std(1, ddof=1, keepdims=True) if scale == "group" else np.full_like(r, r.std(ddof=1))
+        return (adv if scale == "none" else adv / (std + 1e-4)).ravel()
+    g = rewards_per_func.reshape(-1, G, rewards_per_func.shape[1])
+    z = ((g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)).reshape(-1, g.shape[2])
+    s = (z * weights).sum(1)
+    return (s - s.mean()) / (s.std(ddof=1) + 1e-4)
+
+
+def length_reward(completions, **kwargs):
+    return [-0.01 * len(c) for c in completions]
+
+
+@pytest.mark.parametrize("scale, aggregation", [("group", "sum_then_normalize"), ("none", "sum_then_normalize"),
+                                                ("batch", "normalize_then_sum")])
+def test_advantages_are_grpo_of_the_shaped_rewards(tmp_path, scale, aggregation):
+    tr = make(tmp_path, reward_funcs=[T.accuracy, length_reward], scale_rewards=scale,
+              multi_objective_aggregation=aggregation, max_steps=6)
+    tr.train()
+    G = tr.num_generations
+    shaped_somewhere = False
+    for r in tr.rec:
+        raw, rpf = r["raw"], r["rewards_per_func"]
+        correct, sizes, groups = r["correct"], r["sizes"], r["group_ids"]
+        mixed = np.array([(correct[groups == g] == 1).any() and (correct[groups == g] == 0).any() for g in groups])
+        pen = np.array([expected_penalty(s) if c == 0 and m else 0.0 for s, c, m in zip(sizes, correct, mixed)])
+        np.testing.assert_allclose(rpf[:, 0], raw - pen, atol=1e-6)
+        shaped_somewhere |= bool((pen > 0).any())
+        adv = grpo_advantages(rpf.astype(np.float64), np.ones(2), G, scale, aggregation)
+        np.testing.assert_allclose(r["advantages"], adv, rtol=1e-4, atol=1e-4)
+    assert shaped_somewhere, "no penalty reached the advantages in 6 steps"
+
+
+def test_memory_grows_and_metrics_are_logged(tmp_path):
+    tr = make(tmp_path, max_steps=6)
+    tr.train()
+    rows = [h["meds/memory_rows"] for h in tr.state.log_history if "meds/memory_rows" in h]
+    assert len(rows) == 6 and rows == sorted(rows) and rows[-1] == tr.meds_memory.num_rows > 0
+    logged = [h for h in tr.state.log_history if "meds/penalty_mean" in h]
+    for name in ("meds/penalty_mean", "meds/penalized_frac", "meds/clusters_mean", "meds/memory_rows",
+                 "meds/no_answer_frac", "meds/cluster_seconds"):
+        assert all(name in h for h in logged), name
+    assert max(h["meds/penalty_mean"] for h in logged) > 0
+    assert tr.meds_memory.step == 6
+
+
+def test_mixed_groups_only_gates_uniform_groups(tmp_path):
+    tr = make(tmp_path, max_steps=6)
+    tr.train()
+    for r in tr.rec:
+        for g in np.unique(r["group_ids"]):
+            m = r["group_ids"] == g
+            if len(set(r["correct"][m].tolist())) == 1:  # all right or all wrong: TRL keeps it, MEDS leaves it alone
+                np.testing.assert_array_equal(r["rewards_per_func"][m, 0], r["raw"][m])
+
+
+def test_completion_without_answer_gets_no_penalty(tmp_path):
+    tok = T.toy_tokenizer()
+    model = T.warm_model(tok, no_answer_frac=0.5)
+    tr = make(tmp_path, model=model, max_steps=6)
+    tr.train()
+    marker = T.VOCAB.index(T.MARKER)
+    missing = 0
+    for r in tr.rec:
+        for b, c in enumerate(r["completion_ids"]):
+            if marker not in c[:-1] or c[-1] == marker:  # no marker, or nothing after the last one
+                missing += 1
+                assert r["no_answer"][b] and np.isnan(r["features"][b]).all()
+                assert r["rewards_per_func"][b, 0] == r["raw"][b]
+    assert missing > 0
+    assert max(h["meds/no_answer_frac"] for h in tr.state.log_history if "meds/no_answer_frac" in h) > 0
+
+
+# -- evaluation, keys, checkpoints ---------------------------------------------------------------------------------
+
+
+def test_evaluation_never_touches_the_memory(tmp_path):
+    tr = make(tmp_path, eval_dataset=T.toy_dataset(4, seed=1), eval_strategy="steps", eval_steps=2,
+              per_device_eval_batch_size=8, max_steps=4)
+    tr.train()
+    assert any("eval_loss" in h or "eval_reward" in h for h in tr.state.log_history)
+    assert tr.meds_memory.step == 4  # one update per training generation batch, none for the 2 evaluations
+    before = (tr.meds_memory.step, tr.meds_memory.num_rows, tr.meds_memory.keys())
+    tr.evaluate()
+    assert (tr.meds_memory.step, tr.meds_memory.num_rows, tr.meds_memory.keys()) == before
+
+
+def test_prompt_key_falls_back_to_a_text_hash_with_one_warning(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        tr = make(tmp_path, dataset=T.toy_dataset(with_id=False), max_steps=2)
+        tr.train()
+    assert sum("no 'prompt_id' column" in r.getMessage() for r in caplog.records) == 1
+    keys = {k for k, _ in tr.meds_memory.keys()}
+    assert all(isinstance(k, str) and len(k) == 32 for k in keys)
+
+
+def test_bad_arguments_are_named(tmp_path):
+    with pytest.raises(ValueError, match="correctness_reward='acc' is not a reward function name"):
+        make(tmp_path, correctness_reward="acc")
+    with pytest.raises(ValueError, match="correctness_reward=3"):
+        make(tmp_path, correctness_reward=3)
+    with pytest.raises(TypeError, match="meds_config must be a MEDSConfig"):
+        make(tmp_path, config={"penalty_coef": 0.5})
+    with pytest.raises(RuntimeError, match=r"trl 1\.15\.2 is installed.*supports trl>=1\.16,<1\.17"):
+        check_trl_version("1.15.2")
+    with pytest.raises(RuntimeError, match="trl 2.0.0 is installed"):
+        check_trl_version("2.0.0")
+
+
+def test_resume_applies_the_same_penalties_as_the_uninterrupted_run(tmp_path):
+    full = make(tmp_path / "a", max_steps=6, save_strategy="steps", save_steps=3)
+    full.train()
+    ckpt = tmp_path / "a" / "out" / "checkpoint-3"
+    assert (ckpt / "meds_memory.bin").exists()
+    resumed = make(tmp_path / "b", max_steps=6, save_strategy="steps", save_steps=3)
+    resumed.train(resume_from_checkpoint=str(ckpt))
+    assert len(resumed.rec) == 3
+    for a, b in zip(full.rec[3:], resumed.rec):
+        assert a["completion_ids"] == b["completion_ids"]
+        np.testing.assert_array_equal(a["sizes"], b["sizes"])
+        np.testing.assert_array_equal(a["rewards_per_func"], b["rewards_per_func"])
+    sa, sb = full.meds_memory.state_dict(), resumed.meds_memory.state_dict()
+    assert sa["keys"] == sb["keys"] and sa["step"] == sb["step"]
+    for x, y in zip(sa["rows"], sb["rows"]):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_resume_from_a_checkpoint_without_memory_warns(tmp_path, caplog):
+    from trl import GRPOTrainer
+
+    plain = make(tmp_path / "a", cls=GRPOTrainer, max_steps=2, save_strategy="steps", save_steps=2)
+    plain.train()
+    tr = make(tmp_path / "b", max_steps=3)
+    with caplog.at_level(logging.WARNING):
+        tr.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    assert any("has no meds_memory.bin" in r.getMessage() for r in caplog.records)
+    assert tr.meds_memory.step == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_hold_identical_memories_and_apply_identical_penalties(tmp_path):
+    script = os.path.join(os.path.dirname(__file__), "trl_two_process.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+           script, str(tmp_path)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = np.load(tmp_path / "rank0.npz"), np.load(tmp_path / "rank1.npz")
+    assert int(a["world"]) == int(b["world"]) == 2
+    for k in a.files:
+        if "local_features" in k or k.endswith("_keys") and k.startswith("s"):
+            continue
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)  # memory, labels and shaped rewards: identical
+    # each rank scored different prompts, and both ranks' features went into every rank's memory
+    assert set(a["s0_keys"]).isdisjoint(b["s0_keys"])
+    rows = a["mem_rows"]
+    for r in (a, b):
+        local = r["s0_local_features"]
+        local = local[np.isfinite(local).all(1)]
+        unit = local / np.linalg.norm(local, axis=1, keepdims=True)
+        stored = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+        assert all(np.isclose(stored, u, atol=1e-5).all(1).any() for u in unit)
+
+
+# -- reward-function fallback --------------------------------------------------------------------------------------
+
+
+def test_penalty_reward_on_a_stock_trainer_matches_the_trainer(tmp_path):
+    from trl import GRPOTrainer
+
+    ref = make(tmp_path / "a", max_steps=4, save_strategy="steps", save_steps=4)
+    ref.train()
+    meds = MEDSPenaltyReward(T.accuracy, CONFIG)
+    stock = make(tmp_path / "b", cls=GRPOTrainer, reward_funcs=[T.accuracy, meds],
+                 callbacks=[meds.checkpoint_callback()], max_steps=4, save_strategy="steps", save_steps=4)
+    meds.bind(stock)
+    stock.train()
+    sa, sb = ref.meds_memory.state_dict(), meds.memory.state_dict()
+    assert sa["keys"] == sb["keys"] and sa["step"] == sb["step"] == 4
+    for x, y in zip(sa["rows"], sb["rows"]):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    pen_a = [h["meds/penalty_mean"] for h in ref.state.log_history if "meds/penalty_mean" in h]
+    pen_b = [h["meds/penalty_mean"] for h in stock.state.log_history if "meds/penalty_mean" in h]
+    np.testing.assert_allclose(pen_a, pen_b, atol=1e-9)
+    fresh = MEDSPenaltyReward(T.accuracy, CONFIG)
+    fresh.load(str(tmp_path / "b" / "out" / "checkpoint-4"))
+    assert fresh.memory.num_rows == meds.memory.num_rows
+
+
+def test_penalty_reward_must_be_bound():
+    with pytest.raises(RuntimeError, match=r"call meds\.bind\(trainer\)"):
+        MEDSPenaltyReward(T.accuracy)(prompts=["1 + 2 ="], completions=["x"], completion_ids=[[1]])
