@@ -169,14 +169,24 @@ def test_exact_metrics_hand_computed():
 def test_paired_claims_need_every_seed():
     a = [{"acc_final": 0.3, "acc_auc": 0.2, "rep_rate": 0.5, "rep_late": 0.5, "top_wrong": 0.5,
           "top_wrong_exact": 0.5, "entropy": 1.0, "distinct": 3.0}] * 3
-    b = [dict(a[0], acc_final=0.2, top_wrong=0.6), dict(a[0], acc_final=0.2, top_wrong=0.4),
+    b = [dict(a[0], acc_final=0.2, top_wrong=0.6), dict(a[0], acc_final=0.21, top_wrong=0.4),
          dict(a[0], acc_final=0.25, top_wrong=0.6)]
     out = paired(a, b)
     assert out["acc_final"]["wins"] == 3 and out["acc_final"]["claimed"]
-    assert out["acc_final"]["delta"] == pytest.approx((0.1 + 0.1 + 0.05) / 3)
+    assert out["acc_final"]["delta"] == pytest.approx((0.1 + 0.09 + 0.05) / 3)
     assert out["top_wrong"]["wins"] == 2 and not out["top_wrong"]["claimed"]  # lower is better; 2/3 is not enough
     assert not out["entropy"]["claimed"]  # ties never count as wins
+    assert "acc_auc" not in out  # context-only metrics are never compared for claims
     assert not paired(a[:1], b[:1])["acc_final"]["claimed"]  # one seed: never claimed
+    # every seed better but a tiny, noisy difference: |t| < 2 is not claimed
+    noisy = [dict(a[0], distinct=3.0 + d) for d in (0.01, 0.5, 0.01)]
+    assert paired(noisy, a)["distinct"]["wins"] == 3 and not paired(noisy, a)["distinct"]["claimed"]
+    # 6 seeds: 5 of 6 better (>= 80 %) is enough, but not when the mean goes the other way
+    six_b = [a[0]] * 6
+    mostly = [dict(a[0], entropy=1.0 + d) for d in (0.1, 0.12, 0.11, 0.09, 0.1, -0.01)]
+    assert paired(mostly, six_b)["entropy"]["claimed"]
+    against = [dict(a[0], entropy=1.0 + d) for d in (0.01, 0.01, 0.01, 0.01, 0.01, -0.2)]
+    assert not paired(against, six_b)["entropy"]["claimed"]
 
 
 # ------------------------------------------------------------------------------------------------ shuffled control

@@ -15,7 +15,7 @@ from meds_core.demo.runs import RunLog
 @dataclass(frozen=True)
 class Metric:
     """A summary metric: key, label, print format, and which direction is better for MEDS (+1 higher, -1 lower,
-    0 not a claim)."""
+    0 context only: never claimed; acc_auc and rep_late would only restate acc_final and rep_rate)."""
 
     key: str
     label: str
@@ -25,9 +25,9 @@ class Metric:
 
 METRICS = (
     Metric("acc_final", "accuracy P(correct), exact, final", "{:.3f}", +1),
-    Metric("acc_auc", "accuracy, mean over evaluations", "{:.3f}", +1),
+    Metric("acc_auc", "accuracy, mean over evaluations", "{:.3f}", 0),
     Metric("rep_rate", "repeated-error rate (sampled)", "{:.3f}", -1),
-    Metric("rep_late", "repeated-error rate, 2nd half", "{:.3f}", -1),
+    Metric("rep_late", "repeated-error rate, 2nd half", "{:.3f}", 0),
     Metric("top_wrong", "top wrong answer's share, 2nd half", "{:.3f}", -1),
     Metric("top_wrong_exact", "top wrong answer's share, exact", "{:.3f}", -1),
     Metric("entropy", "answer entropy (nats), exact", "{:.3f}", +1),
@@ -79,12 +79,13 @@ def aggregate(summaries: dict[str, list[dict[str, float]]]) -> dict[str, dict[st
     return out
 
 
-def paired(a: list[dict[str, float]], b: list[dict[str, float]], min_seeds: int = 3) -> dict[str, dict[str, Any]]:
+def paired(a: list[dict[str, float]], b: list[dict[str, float]], min_seeds: int = 3,
+           min_t: float = 2.0) -> dict[str, dict[str, Any]]:
     """Per-seed differences ``a - b`` of every claimable metric (lists aligned by seed).
 
     Returns metric -> {delta (mean), min, max, t (paired t statistic; 0 without spread), wins (seeds where a is
-    better), n, claimed}. A difference is
-    claimed when a is better in every seed (n <= 4) or in at least 80 % of seeds (n >= 5), with n >= min_seeds.
+    better), n, claimed}. A difference is claimed only when all of these hold: n >= min_seeds; a is better in
+    every seed (n <= 5) or in at least 80 % of seeds (n >= 6); the mean difference favours a; |t| >= min_t.
     """
     if len(a) != len(b):
         raise ValueError(f"paired comparison needs one run per seed on both sides; got {len(a)} and {len(b)}")
@@ -95,11 +96,13 @@ def paired(a: list[dict[str, float]], b: list[dict[str, float]], min_seeds: int 
             continue
         d = np.asarray([x[m.key] - y[m.key] for x, y in zip(a, b)], dtype=np.float64)
         wins = int(np.sum(m.better * d > 0))
-        need = n if n <= 4 else math.ceil(0.8 * n)
+        need = n if n <= 5 else math.ceil(0.8 * n)
         sd = float(np.std(d, ddof=1)) if n > 1 else 0.0
         t = float(np.mean(d) / (sd / math.sqrt(n))) if sd > 0 else 0.0
         out[m.key] = {"delta": float(np.mean(d)), "min": float(np.min(d)), "max": float(np.max(d)), "t": t,
-                      "wins": wins, "n": n, "claimed": bool(n >= min_seeds and wins >= need)}
+                      "wins": wins, "n": n,
+                      "claimed": bool(n >= min_seeds and wins >= need and m.better * np.mean(d) > 0
+                                      and abs(t) >= min_t)}
     return out
 
 
