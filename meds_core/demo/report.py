@@ -88,6 +88,20 @@ def summary_table(agg: dict[str, dict[str, dict[str, Any]]], n_seeds: int) -> st
     return "\n".join(lines)
 
 
+def _verdict(c: dict[str, Any], better: int, n_seeds: int, min_seeds: int) -> str:
+    """Why a MEDS-vs-control difference is or is not claimed (the rule of :func:`summary.paired`)."""
+    if c["claimed"]:
+        return "MEDS better"
+    if n_seeds < min_seeds:
+        return "too few seeds: no claim"
+    if better * c["delta"] <= 0:
+        return "mean favours the control: no claim"
+    need = "every seed" if n_seeds <= 5 else ">= 80 % of seeds"
+    if c["wins"] < (n_seeds if n_seeds <= 5 else -(-4 * n_seeds // 5)):
+        return f"not in {need}: no claim"
+    return "|t| < 2: no claim"
+
+
 def claim_lines(comparisons: dict[str, dict[str, dict[str, Any]]], n_seeds: int, min_seeds: int = 3) -> list[str]:
     """Plain-language lines: MEDS vs the shuffled control (claims only what beats it), then the context."""
     lines = []
@@ -97,8 +111,7 @@ def claim_lines(comparisons: dict[str, dict[str, dict[str, Any]]], n_seeds: int,
         lines.append(f"{n_seeds} seed(s): too few to claim anything (claims need >= {min_seeds} seeds).")
     for k, c in vs_ctrl.items():
         m = METRIC_BY_KEY[k]
-        what = "MEDS better" if c["claimed"] else ("too few seeds: no claim" if n_seeds < min_seeds
-                                                   else "not consistent: no claim")
+        what = _verdict(c, m.better, n_seeds, min_seeds)
         lines.append(f"MEDS vs shuffled control: {m.label:<34} {c['delta']:+.3f} [{c['min']:+.3f}..{c['max']:+.3f}] "
                      f"t={c['t']:+.1f}, MEDS better in {c['wins']}/{c['n']} seeds -> {what}")
     if n_seeds >= min_seeds:
