@@ -9,7 +9,11 @@ Models: the demo's toy task (word-level tokenizer, answers "\\boxed{ N }") on a 
 4 layers) and "medium" (hidden 512, 8 layers), briefly warm-started so completions carry answers. Runs are
 interleaved (plain, MEDS, plain, MEDS, ...) to spread machine noise over both; step times come from a callback
 (step begin -> end, the generation steps included), the first WARMUP steps of every run dropped. Also reported:
-MEDS's own time per generation batch, timed inside the trainer (features + memory update + shaping).
+MEDS's own time per generation batch, timed inside the trainer (features + memory update + shaping; on the reuse
+path the capture inside TRL's forward is not in it, only in the step times).
+MEDS runs with --penalty-coef 0 by default: it does all of its work (answers located, features captured, memory
+updated and re-clustered, rewards "shaped"), but the rewards, hence the sampled trajectories, stay those of plain
+GRPO, so both arms time the same generations; with a positive coefficient the runs diverge after the first penalty.
 
     python benchmarks/trl_step_overhead.py               # both sizes, 3 repeats x 12 steps
     python benchmarks/trl_step_overhead.py --sizes tiny --repeats 1 --steps 6   # quick
@@ -66,7 +70,7 @@ def build(size: str, seed: int):
     return task, tok, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: int) -> dict:
+def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: int, coef: float) -> dict:
     import torch
     from datasets import Dataset
     from meds_core.adapters.trl import MEDSGRPOTrainer
@@ -104,7 +108,7 @@ def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: in
         kw = dict(model=model, reward_funcs=[reward], args=args, processing_class=tok, callbacks=[timer],
                   train_dataset=Dataset.from_list(task.dataset_rows()))
         if meds:
-            tr = MEDSGRPOTrainer(**kw, meds_config=MEDSConfig(use_last_n_layers=4, penalty_coef=0.5),
+            tr = MEDSGRPOTrainer(**kw, meds_config=MEDSConfig(use_last_n_layers=4, penalty_coef=coef),
                                  correct_threshold=0.75)
             own = wrap_meds_timing(tr)
         else:
@@ -152,6 +156,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--penalty-coef", type=float, default=0.0, help="MEDS penalty_coef (default 0: same trajectories)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "trl_step_overhead_cpu"))
     a = p.parse_args()
     import torch
@@ -169,7 +174,7 @@ def main() -> None:
             acc = {"plain": [], "meds": [], "meds_s": [], "reused": 0, "extra": 0}
             for rep in range(a.repeats):
                 for meds in (False, True):
-                    r = run(size, path, meds, a.steps, task, tok, state, seed=rep)
+                    r = run(size, path, meds, a.steps, task, tok, state, seed=rep, coef=a.penalty_coef)
                     acc["meds" if meds else "plain"] += r["step_s"]
                     if meds:
                         acc["meds_s"] += r["meds_s"]
@@ -190,12 +195,13 @@ def main() -> None:
                      "steps_timed": len(acc["plain"])})
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": a.threads,
             "torch": torch.__version__, "trl": __import__("trl").__version__, "repeats": a.repeats,
-            "steps": a.steps, "warmup_dropped": WARMUP}
+            "steps": a.steps, "warmup_dropped": WARMUP, "penalty_coef": a.penalty_coef}
     os.makedirs(os.path.dirname(a.out), exist_ok=True)
     with open(a.out + ".json", "w") as f:
         json.dump({"meta": meta, "rows": rows, "raw": results}, f, indent=1)
     lines = [f"TRL {meta['trl']}, torch {meta['torch']}, {meta['cpus']} CPUs, {a.threads} threads; median over "
-             f"{a.repeats} interleaved repeats x {a.steps} steps (first {WARMUP} of each run dropped).", "",
+             f"{a.repeats} interleaved repeats x {a.steps} steps (first {WARMUP} of each run dropped); MEDS "
+             f"penalty_coef {a.penalty_coef}.", "",
              "| model | MEDS path | plain GRPO s/step | MEDS s/step | MEDS / plain | MEDS own ms/step "
              "| own / plain step | reused / extra forwards |",
              "|---|---|---:|---:|---:|---:|---:|---|"]
