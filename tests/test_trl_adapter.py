@@ -134,6 +134,37 @@ def test_features_with_peft_and_gradient_checkpointing(tmp_path):
         np.testing.assert_allclose(r["features"], r["oracle"], rtol=1e-4, atol=1e-4)
 
 
+def test_reference_pass_with_adapter_disabled_is_never_captured(tmp_path):
+    # PEFT + beta > 0 and no old-log-prob pass: TRL's first no-grad policy-model call is the reference pass with the
+    # adapter disabled; the features must come from the adapted policy (extra forward), never from that pass
+    peft = pytest.importorskip("peft")
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM",
+                           init_lora_weights=False)
+    tr = make(tmp_path, peft_config=lora, beta=0.1, max_steps=2)
+    tr.train()
+    assert tr.meds_reused_forwards == 0 and tr.meds_extra_forwards == 2
+    for r in tr.rec:
+        np.testing.assert_allclose(r["features"], r["oracle"], rtol=1e-4, atol=1e-4)
+
+
+def test_a_different_batch_seen_by_trl_is_not_reused(tmp_path, caplog):
+    tr = make(tmp_path, max_steps=1)
+    tok = tr.processing_class
+    prompts = ["3 + 4 =", "5 + 6 ="]
+    completions = [tok(f"{T.MARKER} 7 }} <eos>")["input_ids"], tok(f"{T.MARKER} 12 }} <eos>")["input_ids"]]
+    other = [completions[0], tok(f"{T.MARKER} 11 }} <eos>")["input_ids"]]  # one token differs
+    from meds_core.adapters.trl.batch import padded_batch
+
+    ids, mask, P = padded_batch(tr._tokenize_prompts(prompts)[0], other, tok.pad_token_id)
+    tr._meds_pending = {"input_ids": ids, "attention_mask": mask, "completion_width": ids.shape[1] - P,
+                        "features": torch.zeros(2, CONFIG.use_last_n_layers)}
+    with caplog.at_level(logging.WARNING):
+        feats, no_answer = MEDSGRPOTrainer._meds_features(tr, prompts, completions)
+    assert tr.meds_extra_forwards == 1 and tr.meds_reused_forwards == 0
+    assert any("saw a different batch" in r.getMessage() for r in caplog.records)
+    assert not no_answer.any() and bool(torch.isfinite(feats).all()) and bool((feats != 0).any())
+
+
 # -- shaping and advantages --------------------------------------------------------------------------------------------
 
 
