@@ -152,3 +152,70 @@ def test_memory_saved_with_checkpoint_and_restored(tmp_path, monkeypatch):
     fresh = _trainer(cfg)
     fresh._load_checkpoint()
     assert fresh.meds_memory.num_rows == 0
+
+
+def test_old_log_prob_pass_returns_features_through_transfer_queue(transfer_queue, tmp_path, monkeypatch):
+    """Driver -> worker -> driver on real TransferQueue: the trainer locates answers and writes meds_from_end, veRL's
+    tqbridge hands the flagged batch to MEDSActorRolloutRefWorker.compute_log_prob, whose actor runs veRL's real
+    engine forward with the capture; the features come back in TransferQueue and equal the oracle."""
+    from types import SimpleNamespace
+
+    from meds_core.adapters.verl.engine_capture import FEATURES, FLAG, install_capture
+    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
+    from verl.utils import tensordict_utils as tu
+    from verl_engine_harness import (
+        char_tokenizer,
+        init_gloo,
+        make_engine,
+        oracle_features,
+        patch_cpu_devices,
+        tiny_qwen2,
+    )
+
+    init_gloo()
+    patch_cpu_devices(monkeypatch)
+    trainer = _trainer(_config(tmp_path, **{"actor_rollout_ref.rollout.calculate_log_probs": False}))
+    trainer.tokenizer = tok = char_tokenizer()
+    model = tiny_qwen2()
+    engine = make_engine(model)
+    install_capture(engine, trainer.meds_config)
+
+    def infer_batch(data):  # what veRL's TrainingWorker.infer_batch does around the engine, minus FSDP modes
+        tu.assign_non_tensor(data, use_remove_padding=True, use_dynamic_bsz=True, max_token_len_per_gpu=64)
+        out = engine.forward_backward_batch(data, loss_function=None, forward_only=True)
+        return tu.get_tensordict(tensor_dict=out["model_output"], non_tensor_dict={"metrics": {}})
+
+    worker = object.__new__(MEDSActorRolloutRefWorker)  # veRL's decorated compute_log_prob, tqbridge included
+    worker.actor, worker.enable_routing_replay = SimpleNamespace(infer_batch=infer_batch), False
+    worker._Worker__collect_dp_rank = {"actor": True}
+    trainer.actor_rollout_wg = SimpleNamespace(compute_log_prob=worker.compute_log_prob)
+
+    responses = ["so x = \\boxed{4}", "thus \\boxed{12}.", "no idea", "maybe \\boxed{7} or", "ok \\boxed{4}",
+                 "h \\boxed{5}"]
+    prompt = torch.tensor(tok.encode("what is 2+2?").ids)
+    resp = [torch.tensor(tok.encode(r).ids) for r in responses]
+    ids = [torch.cat([prompt, r]) for r in resp]
+    nested = lambda ts: torch.nested.as_nested_tensor(ts, layout=torch.jagged)  # noqa: E731
+    ones = nested([torch.ones(len(r), dtype=torch.long) for r in resp])
+    keys = [f"uQ_{i}_0" for i in range(N)]
+    td = TensorDict({"prompts": nested([prompt] * N), "responses": nested(resp), "input_ids": nested(ids),
+                     "position_ids": nested([torch.arange(len(x)) for x in ids]), "response_mask": ones,
+                     "loss_mask": ones, "rm_scores": nested([torch.zeros(len(r)) for r in resp]),
+                     "index": torch.full((N,), 3)}, batch_size=[N])
+    td["uid"] = NonTensorStack(*[NonTensorData("uQ") for _ in keys])
+    td["extra_fields"] = NonTensorStack(*[NonTensorData({"reward_extra_info": {"acc": i == 0}}) for i in range(N)])
+    tq.kv_batch_put(keys=keys, partition_id="train", fields=td)
+    batch = KVBatchMeta(keys=keys, tags=[{} for _ in keys], partition_id="train", extra_info={"temperature": 1.0})
+
+    metrics: dict = {}
+    out = trainer._compute_old_log_prob(batch, metrics)
+    assert FLAG not in batch.extra_info and FLAG not in out.extra_info and "actor/entropy" in metrics
+    data = tq.kv_batch_get(keys=keys, partition_id="train", select_fields=["meds_from_end", FEATURES])
+    from_end = [0 if "\\boxed{" not in r else len(r) - (r.rfind("\\boxed{") + len("\\boxed{")) for r in responses]
+    assert data["meds_from_end"].tolist() == from_end
+    got = torch.stack(list(data[FEATURES].unbind())).double()
+    torch.testing.assert_close(got, oracle_features(model, ids, from_end, trainer.meds_config), equal_nan=True,
+                               rtol=1e-4, atol=1e-4)
+    metrics = {}
+    trainer._compute_advantage(batch, metrics)
+    assert metrics["meds/no_answer_frac"] == pytest.approx(1 / 6) and trainer.meds_memory.num_rows == 5

@@ -126,3 +126,17 @@ def oracle_features(model, seqs, from_end, config) -> torch.Tensor:
             vals = vals[1:] - vals[:-1]
         rows.append(vals[-config.use_last_n_layers:])
     return torch.stack(rows)
+
+
+def char_tokenizer():
+    """Character-level ``tokenizers.Tokenizer`` (ids < VOCAB) built in-process: one token per character."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+    alphabet = sorted(set("0123456789+-=*/^()[]{}\\$.,:;!? abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"))
+    vocab = {"<eos>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(alphabet)}}
+    assert len(vocab) <= VOCAB
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    tok.add_special_tokens(["<eos>"])
+    return tok
