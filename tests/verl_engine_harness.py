@@ -19,8 +19,8 @@ import torch
 VOCAB = 101
 
 
-def init_gloo() -> None:
-    """Single-process gloo default group (no-op if one exists)."""
+def init_gloo(backend: str = "gloo") -> None:
+    """Single-process default group, gloo unless told (GPU: "cpu:gloo,cuda:nccl"); no-op if one exists."""
     if torch.distributed.is_initialized():
         return
     with socket.socket() as s:
@@ -28,7 +28,7 @@ def init_gloo() -> None:
         port = s.getsockname()[1]
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
-    torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+    torch.distributed.init_process_group(backend, rank=0, world_size=1)
 
 
 def patch_cpu_devices(monkeypatch) -> None:
@@ -124,7 +124,7 @@ def oracle_features(model, seqs, from_end, config) -> torch.Tensor:
         vals = torch.stack([h[0, pos].double() @ w for h in hs])
         if config.use_layer_diff:
             vals = vals[1:] - vals[:-1]
-        rows.append(vals[-config.use_last_n_layers:])
+        rows.append(vals[-config.use_last_n_layers:].cpu())
     return torch.stack(rows)
 
 
