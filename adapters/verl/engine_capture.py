@@ -66,6 +66,7 @@ class EngineCapture:
         self.sp_group = getattr(engine, "ulysses_parallel_group", None)
         self.sp_size = int(getattr(engine, "ulysses_sequence_parallel_size", 1) or 1)
         self._armed = False
+        self._batch = 0
 
     def _sp_rank(self) -> int:
         return torch.distributed.get_rank(self.sp_group) if self.sp_size > 1 else 0

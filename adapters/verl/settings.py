@@ -75,10 +75,10 @@ def _get(cfg: Any, path: str, default: Any = None) -> Any:
 def check_verl_config(cfg: Any) -> MEDSConfig:
     """Everything MEDS needs from a composed veRL config, checked before Ray starts. Returns the MEDSConfig.
 
-    Raises ValueError naming the setting and the fix: fused kernels (they skip ``lm_head``), rollout-correction
-    bypass mode (no old-log-prob forward to capture in), a trainer other than the v1 sync one, a worker-side
-    ``actor_rollout_ref.meds`` that differs from ``meds``, an unknown ``meds``/``meds_trainer`` key, a model with
-    fewer layers than needed is checked later by the worker.
+    Raises ValueError naming the setting and the fix: an unknown or invalid ``meds``/``meds_trainer`` entry, fused
+    kernels (they skip ``lm_head``), rollout-correction bypass mode (no old-log-prob forward to capture in), a trainer
+    other than the v1 sync one, a worker-side ``actor_rollout_ref.meds`` that differs from ``meds``, a non-FSDP
+    strategy. (A model with fewer layers than ``layers_needed`` is refused by the worker when it installs the hooks.)
     """
     config = meds_config(_get(cfg, "meds"))
     TrainerSettings.from_node(_get(cfg, "meds_trainer"))
