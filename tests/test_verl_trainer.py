@@ -79,11 +79,14 @@ def _grpo(scores: np.ndarray) -> np.ndarray:
 def transfer_queue():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()
+    if started:  # TransferQueue's controller and storage actors need logical CPUs beyond this box's 2 cores
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
     tq.init()
     yield
     tq.close()
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def test_shaping_before_verl_grpo_advantages(transfer_queue, tmp_path):
