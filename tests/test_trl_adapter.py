@@ -158,7 +158,7 @@ def test_a_different_batch_seen_by_trl_is_not_reused(tmp_path, caplog):
     ids, mask, P = padded_batch(tr._tokenize_prompts(prompts)[0], other, tok.pad_token_id)
     tr._meds_pending = {"input_ids": ids, "attention_mask": mask, "completion_width": ids.shape[1] - P,
                         "features": torch.zeros(2, CONFIG.use_last_n_layers)}
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="meds_core.adapters.trl"):
         feats, no_answer = MEDSGRPOTrainer._meds_features(tr, prompts, completions)
     assert tr.meds_extra_forwards == 1 and tr.meds_reused_forwards == 0
     assert any("saw a different batch" in r.getMessage() for r in caplog.records)
@@ -260,7 +260,7 @@ def test_evaluation_never_touches_the_memory(tmp_path):
 
 
 def test_prompt_key_falls_back_to_a_text_hash_with_one_warning(tmp_path, caplog):
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="meds_core.adapters.trl"):
         tr = make(tmp_path, dataset=T.toy_dataset(with_id=False), max_steps=2)
         tr.train()
     assert sum("no 'prompt_id' column" in r.getMessage() for r in caplog.records) == 1
@@ -305,7 +305,7 @@ def test_resume_from_a_checkpoint_without_memory_warns(tmp_path, caplog):
     plain = make(tmp_path / "a", cls=GRPOTrainer, max_steps=2, save_strategy="steps", save_steps=2)
     plain.train()
     tr = make(tmp_path / "b", max_steps=3)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.WARNING, logger="meds_core.adapters.trl"):
         tr.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
     assert any("has no meds_memory.bin" in r.getMessage() for r in caplog.records)
     assert tr.meds_memory.step == 1
