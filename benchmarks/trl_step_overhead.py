@@ -9,8 +9,9 @@ Models: the demo's toy task (word-level tokenizer, answers "\\boxed{ N }") on a 
 4 layers) and "medium" (hidden 512, 8 layers), briefly warm-started so completions carry answers. Runs are
 interleaved (plain, MEDS, plain, MEDS, ...) to spread machine noise over both; step times come from a callback
 (step begin -> end, the generation steps included), the first WARMUP steps of every run dropped. Also reported:
-MEDS's own time per generation batch, timed inside the trainer (features + memory update + shaping; on the reuse
-path the capture inside TRL's forward is not in it, only in the step times).
+MEDS's own time per generation batch as the trainer measures it (``trainer.meds_seconds``, logged as
+``meds/seconds``: answers located, capture armed and collected or the extra forward, gathers, memory update,
+shaping), divided by the optimizer steps per generation batch.
 MEDS runs with --penalty-coef 0 by default: it does all of its work (answers located, features captured, memory
 updated and re-clustered, rewards "shaped"), but the rewards, hence the sampled trajectories, stay those of plain
 GRPO, so both arms time the same generations; with a positive coefficient the runs diverge after the first penalty.
@@ -110,44 +111,13 @@ def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: in
         if meds:
             tr = MEDSGRPOTrainer(**kw, meds_config=MEDSConfig(use_last_n_layers=4, penalty_coef=coef),
                                  correct_threshold=0.75)
-            own = wrap_meds_timing(tr)
         else:
-            tr, own = GRPOTrainer(**kw), None
+            tr = GRPOTrainer(**kw)
         tr.train()
     res = {"step_s": timer.times[WARMUP:]}
-    if meds:
-        res.update(meds_s=own["seconds"][1:], reused=tr.meds_reused_forwards, extra=tr.meds_extra_forwards)
+    if meds:  # MEDS's own time per generation batch, as the trainer measures it (meds/seconds); first dropped
+        res.update(meds_s=tr.meds_seconds[1:], reused=tr.meds_reused_forwards, extra=tr.meds_extra_forwards)
     return res
-
-
-def wrap_meds_timing(tr) -> dict:
-    """Time MEDS's own work per generation batch: the features plus the rest of its _calculate_rewards."""
-    own = {"seconds": []}
-    inner_features = tr._meds_features
-    base_rewards = super(type(tr), tr)._calculate_rewards
-    meds_rewards = tr._calculate_rewards
-
-    def features(*a, **k):
-        t = time.perf_counter()
-        try:
-            return inner_features(*a, **k)
-        finally:
-            own["features"] = time.perf_counter() - t
-
-    def rewards(inputs, prompts, completions, completion_ids_list):
-        if not tr.model.training:
-            return meds_rewards(inputs, prompts, completions, completion_ids_list)
-        t = time.perf_counter()
-        base_rewards(inputs, prompts, completions, completion_ids_list)  # the reward functions alone
-        t_base = time.perf_counter() - t
-        t = time.perf_counter()
-        out = meds_rewards(inputs, prompts, completions, completion_ids_list)
-        own["seconds"].append(time.perf_counter() - t - t_base)
-        return out
-
-    tr._meds_features = features
-    tr._calculate_rewards = rewards
-    return own
 
 
 def main() -> None:

@@ -216,6 +216,8 @@ def test_memory_grows_and_metrics_are_logged(tmp_path):
         assert all(name in h for h in logged), name
     assert max(h["meds/penalty_mean"] for h in logged) > 0
     assert tr.meds_memory.step == 6
+    assert len(tr.meds_seconds) == 6 and all(s > 0 for s in tr.meds_seconds)
+    np.testing.assert_allclose([h["meds/seconds"] for h in logged], tr.meds_seconds)
 
 
 def test_mixed_groups_only_gates_uniform_groups(tmp_path):

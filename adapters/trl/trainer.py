@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import numpy as np
@@ -49,7 +50,10 @@ class MEDSGRPOTrainer(GRPOTrainer):
     all hold an identical memory (``trainer.meds_memory``), which is saved in every checkpoint as
     ``meds_memory.bin`` and restored by ``train(resume_from_checkpoint=...)``. Evaluation never touches the memory.
     Groups whose correctness has zero variance are not shaped (``mixed_groups_only``, on by default: TRL keeps such
-    groups, unlike the reference's dynamic sampling). Metrics ``meds/*`` go through TRL's logging.
+    groups, unlike the reference's dynamic sampling). Metrics ``meds/*`` go through TRL's logging, among them
+    ``meds/seconds``: MEDS's own wall time per generation batch (answers, layout check, capture arm/collect or the
+    extra forward, gathers, memory update, shaping; not the hooks' row copies inside TRL's forward), also kept in
+    ``trainer.meds_seconds``.
     """
 
     def __init__(self, *args: Any, meds_config: MEDSConfig | None = None, prompt_key_column: str = "prompt_id",
@@ -72,6 +76,8 @@ class MEDSGRPOTrainer(GRPOTrainer):
         self.meds_capture = FeatureCapture(self.accelerator.unwrap_model(self.model), meds_config)
         self.meds_reused_forwards = 0
         self.meds_extra_forwards = 0
+        self.meds_seconds: list[float] = []  # MEDS's own wall time per training generation batch
+        self._meds_t = 0.0
         self._meds_expect_old_logps = False
         self._meds_pending: dict[str, Any] | None = None
         self._meds_warned_key = False
@@ -120,6 +126,7 @@ class MEDSGRPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
         self._meds_expect_old_logps = self.model.training and self._meds_trl_runs_old_logps()
         self._meds_pending = None
+        self._meds_t = 0.0
         try:
             return super()._generate_and_score_completions(inputs)
         finally:
@@ -136,6 +143,7 @@ class MEDSGRPOTrainer(GRPOTrainer):
         # The first no-grad policy forward of this generation batch: TRL's old log-probs. Run it chunk by chunk as
         # TRL does, with the capture armed for each chunk.
         self._meds_expect_old_logps = False
+        t0 = time.perf_counter()
         B, T = input_ids.shape
         _, completions = split_batch(input_ids, attention_mask, logits_to_keep)
         rows, targets = answer_rows(self.processing_class, completions, T - logits_to_keep, T,
@@ -146,9 +154,11 @@ class MEDSGRPOTrainer(GRPOTrainer):
             e = min(s + size, B)
             local = np.where(rows[s:e] >= 0, rows[s:e] - s * T, -1)
             self.meds_capture.arm(local, targets[s:e])
+            self._meds_t += time.perf_counter() - t0
             try:
                 lp, ent, ax = super()._get_per_token_logps_and_entropies(
                     model, input_ids[s:e], attention_mask[s:e], logits_to_keep, batch_size=e - s, **kwargs)
+                t0 = time.perf_counter()
                 feats.append(self.meds_capture.collect())
             finally:
                 self.meds_capture.disarm()
@@ -157,6 +167,7 @@ class MEDSGRPOTrainer(GRPOTrainer):
             aux.append(ax)
         self._meds_pending = {"input_ids": input_ids.detach(), "attention_mask": attention_mask.detach(),
                               "completion_width": logits_to_keep, "features": torch.cat(feats)}
+        self._meds_t += time.perf_counter() - t0
         return (torch.cat(logps), None if entropies[0] is None else torch.cat(entropies),
                 None if aux[0] is None else torch.stack(aux).mean())
 
@@ -183,6 +194,7 @@ class MEDSGRPOTrainer(GRPOTrainer):
         rewards_per_func = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
         if not self.model.training:  # evaluation never reads or writes the memory
             return rewards_per_func
+        t0 = time.perf_counter()
         feats, no_answer = self._meds_features(prompts, completion_ids_list)
         col = self.meds_key_column_values(inputs, prompts)
         device = rewards_per_func.device
@@ -199,6 +211,8 @@ class MEDSGRPOTrainer(GRPOTrainer):
         for name, value in out.metrics.items():
             self._metrics["train"][name].append(value)
         self._metrics["train"]["meds/correct_frac"].append(float((correct == 1).mean()) if len(correct) else 0.0)
+        self.meds_seconds.append(self._meds_t + time.perf_counter() - t0)
+        self._metrics["train"]["meds/seconds"].append(self.meds_seconds[-1])
         return rewards_per_func
 
     def meds_key_column_values(self, inputs: list[dict[str, Any]], prompts: list[Any]) -> list[Any]:
