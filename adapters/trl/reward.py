@@ -25,10 +25,11 @@ import torch
 from meds_core.capture import FeatureCapture
 from meds_core.config import MEDSConfig
 from meds_core.memory import ErrorMemory
+from meds_core.rl_step import meds_step
 
 from ._version import check_trl_version
 from .features import forward_features
-from .step import correctness, prompt_text_key, shape_step
+from .step import correctness, prompt_text_key
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ class MEDSPenaltyReward:
         keys = gather_object(self._keys(prompts, kwargs))
         correct = correctness(all_raw, self.correct_threshold)
         group_ids = np.arange(len(all_raw), dtype=np.int64) // t.num_generations
-        out = shape_step(self.memory, keys, all_feats, correct, all_raw, group_ids, all_no_answer)
+        out = meds_step(self.memory, keys, all_feats, correct, all_raw, group_ids=group_ids, no_answer=all_no_answer)
         log_metric = kwargs.get("log_metric")
         if log_metric is not None:
             for name, value in out.metrics.items():

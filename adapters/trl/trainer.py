@@ -13,11 +13,12 @@ import torch
 from meds_core.capture import FeatureCapture
 from meds_core.config import MEDSConfig
 from meds_core.memory import ErrorMemory
+from meds_core.rl_step import meds_step
 
 from ._version import SUPPORTED_TRL, check_trl_version
 from .batch import answer_rows, split_batch
 from .features import forward_features
-from .step import correctness, prompt_text_key, shape_step
+from .step import correctness, prompt_text_key
 
 check_trl_version()
 
@@ -204,8 +205,8 @@ class MEDSGRPOTrainer(GRPOTrainer):
         rewards = rewards_per_func[:, self.meds_correct_col]
         correct = correctness(rewards, self.meds_correct_threshold)
         group_ids = np.arange(len(correct), dtype=np.int64) // self.num_generations
-        out = shape_step(self.meds_memory, keys, all_feats, correct, rewards.detach().cpu().double().numpy(),
-                         group_ids, all_no_answer, self.meds_cluster_sizes)
+        out = meds_step(self.meds_memory, keys, all_feats, correct, rewards.detach().cpu().double().numpy(),
+                        group_ids=group_ids, no_answer=all_no_answer, sizes_hook=self.meds_cluster_sizes)
         rewards_per_func[:, self.meds_correct_col] = torch.as_tensor(out.shaped, dtype=rewards_per_func.dtype,
                                                                      device=device)
         for name, value in out.metrics.items():

@@ -10,18 +10,15 @@ from __future__ import annotations
 import json
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from meds_core.answer import locate_answers
-from meds_core.config import MEDSConfig
 from meds_core.keys import stable_prompt_key
-from meds_core.memory import ErrorMemory, StepResult
-from meds_core.shaping import penalties, shape_rewards
-from meds_core.step_metrics import step_metrics
+from meds_core.memory import ErrorMemory
+from meds_core.rl_step import ShapedStep, meds_step
 
 from .positions import answer_from_end
 
@@ -122,31 +119,17 @@ def correctness(extra_fields: Sequence[Any], outcome: torch.Tensor, key: str, is
     return out
 
 
-@dataclass
-class ShapedStep:
-    """One MEDS step: shaped outcomes [n] float64, penalties [n] float64, the memory's StepResult and metrics."""
-
-    outcome: np.ndarray
-    penalty: np.ndarray
-    step: StepResult
-    metrics: dict[str, float]
-
-
-def shape_step(memory: ErrorMemory, config: MEDSConfig, keys: Sequence[Any], features: torch.Tensor,
+def shape_step(memory: ErrorMemory, keys: Sequence[Any], features: torch.Tensor,
                outcome: torch.Tensor, correct: np.ndarray, group_ids: Sequence[str], no_answer: np.ndarray,
                is_padding: np.ndarray) -> ShapedStep:
-    """Memory update (every real featurised rollout) then the penalty on the scalar outcome (SPEC.md sections 3-4).
+    """:func:`meds_core.rl_step.meds_step` on veRL rows: every real featurised rollout updates the memory, then the
+    scalar outcome is shaped (``ShapedStep.shaped``).
 
     ``features`` [n, F] float32 (NaN: none), ``outcome`` [n] float, ``correct`` [n] int8 (-1 unknown/padding),
     ``group_ids`` [n] GRPO group (veRL's uid), ``no_answer`` / ``is_padding`` [n] bool. Padding samples are neither
     stored nor shaped; metrics are over real samples."""
+    pad = np.asarray(is_padding, bool)
     feats = features.clone()
-    feats[torch.from_numpy(np.asarray(is_padding, bool))] = float("nan")
-    step = memory.update(keys, feats, correct)
-    kwargs = dict(config.shaping_kwargs(), group_ids=np.asarray(group_ids))
-    pen = np.asarray(penalties(step.cluster_size, correct, **kwargs))
-    shaped = np.asarray(shape_rewards(outcome.double().numpy(), step.cluster_size, correct, **kwargs))
-    real = ~np.asarray(is_padding, bool)
-    sub = StepResult(step.cluster_size[real], step.label[real], step.group[real], step.valid[real], step.stats)
-    metrics = step_metrics(memory, sub, [k for k, keep in zip(keys, real) if keep], pen[real], no_answer[real])
-    return ShapedStep(shaped, pen, step, metrics)
+    feats[torch.from_numpy(pad)] = float("nan")
+    return meds_step(memory, keys, feats, correct, outcome.double().numpy(), group_ids=np.asarray(group_ids),
+                     no_answer=no_answer, metric_rows=~pad)

@@ -115,9 +115,9 @@ class MEDSTrainerSync(PPOTrainerSync):
         correct = correctness(extra, outcome, self.meds_settings.correct_key, pad)
         features = dense_rows(data[FEATURES], self.meds_config.use_last_n_layers)
         no_answer = np.array([self._meds_no_answer.get(k, False) for k in batch.keys], dtype=bool)
-        shaped = shape_step(self.meds_memory, self.meds_config, keys, features, outcome, correct, uids, no_answer, pad)
+        shaped = shape_step(self.meds_memory, keys, features, outcome, correct, uids, no_answer, pad)
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({
-            "rm_scores": with_outcome(data["rm_scores"], torch.from_numpy(shaped.outcome)),
+            "rm_scores": with_outcome(data["rm_scores"], torch.from_numpy(shaped.shaped)),
             RAW_SCORES: data["rm_scores"],
             PENALTY: torch.from_numpy(shaped.penalty).float(),
         }, batch_size=len(batch.keys)))
