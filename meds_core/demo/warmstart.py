@@ -51,12 +51,14 @@ def answer_mixtures(task: Task, p_correct: tuple[float, float] = (0.02, 0.08), s
 
 
 def warm_start(model: Any, tokenizer: Any, task: Task, mixtures: np.ndarray, steps: int = 300, lr: float = 3e-3,
-               samples_per_prompt: int = 4, seed: int = 0) -> dict[str, float]:
+               samples_per_prompt: int = 4, seed: int = 0, prompts: list[str] | None = None) -> dict[str, float]:
     """Fit ``model`` in place to ``mixtures`` (shape (len(task.pairs), 100)) by teacher-forced SFT; returns timings.
 
     Each step feeds every prompt ``samples_per_prompt`` times as ``a + b = \\boxed{ N } <eos>`` with N drawn from
     its mixture; the loss is the soft cross-entropy of the whole mixture at the answer token plus the hard
     cross-entropy of ``\\boxed{``, ``}`` and ``<eos>``. Seeded (numpy and a private torch generator).
+    ``prompts`` (one text per pair of ``task.pairs``, all of one token length) replaces ``"a + b ="`` when the
+    policy will see the task inside a longer prompt (the veRL CPU run's instruction line).
     """
     import torch
 
@@ -66,7 +68,10 @@ def warm_start(model: Any, tokenizer: Any, task: Task, mixtures: np.ndarray, ste
     t0 = time.perf_counter()
     number_ids = torch.tensor(tokenizer.convert_tokens_to_ids([str(n) for n in range(100)]))
     marker_id, close_id, eos_id = tokenizer.convert_tokens_to_ids([MARKER, "}", tokenizer.eos_token])
-    prompts = torch.tensor([tokenizer(prompt_text(a, b))["input_ids"] for a, b in task.pairs])  # [P, 4]
+    texts = [prompt_text(a, b) for a, b in task.pairs] if prompts is None else list(prompts)
+    if len(texts) != len(task.pairs):
+        raise ValueError(f"prompts has {len(texts)} texts; expected {len(task.pairs)}, one per pair of task.pairs")
+    prompts = torch.tensor([tokenizer(t)["input_ids"] for t in texts])  # [P, prompt length]
     n_prompt, plen = prompts.shape
     target = torch.zeros(n_prompt, len(tokenizer))
     target[:, number_ids] = torch.as_tensor(mixtures, dtype=torch.float32)

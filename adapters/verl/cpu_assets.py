@@ -1,0 +1,106 @@
+"""Local inputs of the veRL CPU run: a tiny policy, its tokenizer and ~32 problems, written in seconds, nothing
+downloaded.
+
+* **Problems**: the toy task of ``meds demo`` ("a + b =", answers 4..18) as veRL rows in exactly the schema
+  ``prepare_data.py`` writes (chat ``prompt`` with the recipe's instruction line, ``reward_model.ground_truth``,
+  ``extra_info.index``, ``data_source="math_dapo"`` so veRL's own math reward scores it and reports ``acc``).
+* **Tokenizer**: the demo's word-level tokenizer (every number one token, ``\\boxed{`` one token) plus the
+  instruction's words, with a chat template that joins the messages' contents, and a decoder that joins tokens
+  without spaces, so a response decodes as ``\\boxed{12}`` (what veRL's ``math_dapo`` grader accepts).
+* **Policy**: the demo's tiny Qwen2 (hidden 64, 4 layers), warm-started for a few seconds so that each problem is
+  answered ``\\boxed{N}`` correctly about a third of the time and three systematic wrong answers
+  otherwise: groups are mixed, so GRPO has signal and MEDS has error modes to remember.
+
+``python -m meds_core.adapters.verl.cpu_assets --out DIR`` writes ``DIR/model/``, ``DIR/tokenizer/``,
+``DIR/train.parquet`` and
+``DIR/val.parquet`` (``--broken-index`` writes a training set without ``extra_info.index``, for the start-up check).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from meds_core.demo.task import build_model, build_tokenizer, make_task, prompt_text
+from meds_core.demo.warmstart import answer_mixtures, warm_start
+
+from .prepare_data import INSTRUCTION, _row, write_parquet
+
+__all__ = ["CHAT_TEMPLATE", "build_assets", "main"]
+
+CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
+P_CORRECT = (0.35, 0.6)  # per-problem probability of the correct answer after the warm start
+
+
+def _content(a: int, b: int) -> str:
+    return f"{prompt_text(a, b)}\n{INSTRUCTION}"
+
+
+def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, warm_steps: int = 60,
+                 drop_index: bool = False) -> dict[str, Any]:
+    """Write the model folder and the two parquet files under ``out``; returns their paths and the warm-start log.
+
+    Parameters
+    ----------
+    out : str
+        Output folder (created).
+    n_train, n_val : int
+        Training and validation problems (distinct "a + b" pairs, at most 63 together).
+    seed : int
+        Seeds the problem choice, the answer mixtures, the model init and the warm start.
+    warm_steps : int
+        Warm-start SFT steps.
+    drop_index : bool
+        Write the training rows without ``extra_info.index`` (the mistake ``main_meds`` refuses to train on).
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    from tokenizers import decoders
+
+    task = make_task(n_train=n_train, n_held=n_val, seed=seed)
+    task.vocab = task.vocab + sorted(set(INSTRUCTION.split()) - set(task.vocab))
+    tokenizer = build_tokenizer(task)
+    tokenizer.backend_tokenizer.decoder = decoders.Fuse()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    model = build_model(tokenizer, seed=seed)
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": _content(a, b)}], tokenize=False)
+             for a, b in task.pairs]
+    mixtures = answer_mixtures(task, p_correct=P_CORRECT, seed=seed)
+    log = warm_start(model, tokenizer, task, mixtures, steps=warm_steps, samples_per_prompt=2, seed=seed, prompts=texts)
+    model_dir, tokenizer_dir = os.path.join(out, "model"), os.path.join(out, "tokenizer")
+    model.save_pretrained(model_dir)
+    # a folder of its own: next to a qwen2 config.json, AutoTokenizer would load a Qwen2Tokenizer instead
+    tokenizer.save_pretrained(tokenizer_dir)
+
+    def rows(pairs, split, data_source):
+        out_rows = []
+        for i, (a, b) in enumerate(pairs):
+            row = _row(prompt_text(a, b), str(a + b), "toy_arithmetic", data_source, split, i)
+            if drop_index:
+                del row["extra_info"]["index"]
+            out_rows.append(row)
+        return out_rows
+
+    train = os.path.join(out, "train.parquet")
+    val = os.path.join(out, "val.parquet")
+    write_parquet(rows(task.train, "train", "math_dapo"), train)
+    write_parquet(rows(task.held, "test", "math_dapo"), val)
+    return {"model": model_dir, "tokenizer": tokenizer_dir, "train": train, "val": val, "warm_start": log}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="output folder (model/, tokenizer/, train.parquet, val.parquet)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of problems, model and warm start (default 0)")
+    parser.add_argument("--broken-index", action="store_true",
+                        help="write training rows without extra_info.index (to see the start-up refusal)")
+    args = parser.parse_args(argv)
+    paths = build_assets(args.out, seed=args.seed, drop_index=args.broken_index)
+    print(f"wrote {paths['model']}, {paths['tokenizer']}, {paths['train']}, {paths['val']} "
+          f"(warm start {paths['warm_start']['seconds']:.1f} s, loss {paths['warm_start']['final_loss']:.2f})")
+
+
+if __name__ == "__main__":
+    main()
