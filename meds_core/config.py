@@ -31,7 +31,7 @@ class MEDSConfig:
     received and what to use instead.
     """
 
-    # --- features (SPEC.md section 1) ---
+    # --- features ---
     use_last_n_layers: int = field(
         default=14,
         metadata={"help": "Number of per-layer logit-lens values kept per rollout (the last n decoder layers, "

@@ -1,4 +1,4 @@
-"""The MEDS penalty (SPEC.md section 4): numpy or torch in (any device), the same type out.
+"""The MEDS penalty: numpy or torch in (any device), the same type out.
 
 ``penalty = penalty_coef * min(ln(|C| + 1), cap)``; wrong rollouts get ``r - penalty``, correct ones (when
 targeted) ``r / (1 + penalty)``; unknown correctness is never penalised. Apply to the scalar outcome reward
