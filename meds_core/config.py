@@ -51,7 +51,7 @@ class MEDSConfig:
         metadata={"help": "Text that precedes the final answer; the feature is read at the first token after "
                           "its LAST occurrence."},
     )
-    # --- memory and clustering (SPEC.md sections 2-3) ---
+    # --- memory and clustering ---
     cluster_method: str = field(
         default="hdbscan",
         metadata={"help": "'hdbscan' (cluster each memory) or 'single' (count-only ablation: size = stored rows)."},
@@ -90,7 +90,7 @@ class MEDSConfig:
         metadata={"help": "Clustering backend: 'auto' or a registered name (see "
                           "meds_core.clustering.available_backends())."},
     )
-    # --- penalty (SPEC.md section 4) ---
+    # --- penalty ---
     cluster_penalty_target: str = field(
         default="wrong",
         metadata={"help": "Which rollouts are penalised: 'wrong' (r - p), 'right' (r / (1 + p)), 'both' or 'none'."},
