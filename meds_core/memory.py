@@ -1,6 +1,6 @@
 """ErrorMemory: per-(prompt, correctness) memory of rollout features, cluster sizes, persistence.
 
-One RL step (SPEC.md section 3), for every memory the batch touches:
+One RL step, for every memory the batch touches:
   1. each new row is labelled by a k-NN vote (cosine) over the STORED rows' labels;
   2. its cluster size is the number of STORED rows with that label (rows of this step never count);
   3. the new rows are appended, the oldest rows beyond ``max_rows_per_memory`` are dropped, and every

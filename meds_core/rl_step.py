@@ -34,7 +34,7 @@ class ShapedStep:
 def meds_step(memory: ErrorMemory, keys: Sequence[Any], features: Any, correct: np.ndarray, rewards: np.ndarray, *,
               group_ids: Any, no_answer: np.ndarray, metric_rows: np.ndarray | None = None,
               sizes_hook: SizesHook | None = None) -> ShapedStep:
-    """Update ``memory`` with the batch and shape ``rewards`` from the cluster sizes (SPEC.md sections 3-4).
+    """Update ``memory`` with the batch and shape ``rewards`` from the cluster sizes.
 
     Args:
         keys: B stable prompt keys; features: float [B, F] (NaN rows are not stored); correct: int8 [B] (1, 0,

@@ -13,7 +13,7 @@ from meds_core import penalties, shape_rewards
 
 
 def oracle(rewards, sizes, correct, coef, cap, target, group_ids, mixed_only):
-    """One rollout at a time, straight from SPEC.md section 4."""
+    """One rollout at a time, straight from the paper."""
     mixed = {}
     if group_ids is not None and mixed_only:
         for g in set(group_ids):
@@ -122,7 +122,7 @@ def test_bad_shapes_and_values():
 
 
 def test_equal_penalties_vanish_under_group_normalisation():
-    """SPEC.md section 4: MEDS acts only through penalty differences inside a group."""
+    """the paper: MEDS acts only through penalty differences inside a group."""
     def norm(x):
         return (x - x.mean()) / x.std()
 

@@ -110,7 +110,7 @@ def make_batch(seqs, prompt_lens, from_end, *, use_remove_padding=True, use_dyna
 def oracle_features(model, seqs, from_end, config) -> torch.Tensor:
     """Independent reference [B, F] float64: one unpadded forward per sample with ``output_hidden_states``; raw
     layer outputs (the last one post-norm, as HF reports it) at the state before the answer, dotted with
-    ``lm_head.weight[answer token]``; layer diff and last-n selection as in SPEC.md section 1. NaN rows: no answer."""
+    ``lm_head.weight[answer token]``; layer diff and last-n selection as in the paper. NaN rows: no answer."""
     rows = []
     for seq, fe in zip(seqs, from_end):
         if fe == 0:

@@ -1,4 +1,4 @@
-"""Build the MEDS recipe's parquet files in veRL's RL schema (SPEC.md section 5).
+"""Build the MEDS recipe's parquet files in veRL's RL schema.
 
 train: DAPO-Math-17K merged with MATH (lighteval) levels 3-5, deduplicated on the normalised problem text;
 val:   AIME 2024.

@@ -1,4 +1,4 @@
-# Shared veRL 0.9 overrides of the reference MEDS/DAPO recipe (SPEC.md section 5); sourced by run_meds.sh and
+# Shared veRL 0.9 overrides of the reference MEDS/DAPO recipe; sourced by run_meds.sh and
 # run_dapo.sh so the MEDS run and its baseline differ only in MEDS. Needs MODEL_PATH, TRAIN_FILE, TEST_FILE, CKPTS_DIR.
 : "${MODEL_PATH:?set MODEL_PATH to the Qwen2.5-Math-7B folder}"
 : "${TRAIN_FILE:?set TRAIN_FILE to the training parquet (prepare_data.py)}"

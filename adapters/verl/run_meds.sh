@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# MEDS on veRL 0.9: the reference recipe (Qwen2.5-Math-7B, 8 GPUs per node, SPEC.md section 5) with MEDS shaping.
+# MEDS on veRL 0.9: the reference recipe (Qwen2.5-Math-7B, 8 GPUs per node, the paper) with MEDS shaping.
 # Usage: MODEL_PATH=... TRAIN_FILE=... TEST_FILE=... CKPTS_DIR=... bash run_meds.sh [extra hydra overrides]
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/recipe_args.sh"
