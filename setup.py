@@ -5,13 +5,17 @@ works with any torch):
 
 - ``meds_core._native``: the CPU kernel (C++17, OpenMP when the compiler supports it). Always attempted.
 - ``meds_core._native_cuda``: the CUDA kernel, compiled by ``nvcc`` into an object linked (with the static CUDA
-  runtime, so importing it needs no GPU and no CUDA libraries) into its own module. Built when ``nvcc`` is found
-  (``CUDA_HOME``/``CUDA_PATH``, else ``PATH``). A separate module keeps the CPU build free of any CUDA dependency.
+  runtime, so importing it needs no GPU and no CUDA libraries) into its own module. Built when a GPU is visible
+  (``/dev/nvidiactl`` exists or ``nvidia-smi -L`` lists one) and ``nvcc`` is found (``CUDA_HOME``/``CUDA_PATH``,
+  else ``PATH``), or with ``MEDS_FORCE_CUDA=1`` (pytorch_cluster's convention: a build machine without a GPU, CI).
+  On a machine without a GPU a toolkit on PATH therefore costs nothing. A separate module keeps the CPU build free
+  of any CUDA dependency.
 
 Both are optional: a failed build warns and the package falls back to its pure-torch path (one warning at run
 time). Switches:
 
-- ``MEDS_FORCE_CUDA=1``: build the CUDA module and fail the install if that is not possible.
+- ``MEDS_FORCE_CUDA=1``: build the CUDA module even without a visible GPU, and fail the install if that is not
+  possible (``.ci/run`` sets it whenever nvcc is present, so CI compiles the ``.cu`` on every run).
 - ``MEDS_SKIP_CUDA=1``: never build the CUDA module.
 - ``MEDS_SKIP_NATIVE=1``: build no extension at all (pure-torch install).
 - CUDA architectures: ``TORCH_CUDA_ARCH_LIST`` (``"8.0;9.0+PTX"``) or ``CUDAARCHS`` (``"80;90-real"``, ``native``,
@@ -39,6 +43,20 @@ DEFAULT_CUDA_ARCHS = ["9.0+PTX"]
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def gpu_visible() -> bool:
+    """Whether this machine shows an NVIDIA GPU: the driver's control node, or a GPU listed by ``nvidia-smi -L``."""
+    if os.path.exists("/dev/nvidiactl"):
+        return True
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        listed = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return listed.returncode == 0 and "GPU" in listed.stdout
 
 
 def find_cuda_home() -> str | None:
@@ -149,7 +167,8 @@ class BuildExt(build_ext):
 
 
 def native_extensions() -> list[Extension]:
-    """The CPU extension (always) and the CUDA one (when nvcc is found); see the module docstring."""
+    """The CPU extension (always) and the CUDA one (GPU visible or MEDS_FORCE_CUDA=1, and nvcc found); see the
+    module docstring."""
     if _env_flag("MEDS_SKIP_NATIVE"):
         return []
     import pybind11
@@ -173,7 +192,12 @@ def native_extensions() -> list[Extension]:
     force, skip = _env_flag("MEDS_FORCE_CUDA"), _env_flag("MEDS_SKIP_CUDA")
     if force and skip:
         raise RuntimeError("MEDS_FORCE_CUDA=1 and MEDS_SKIP_CUDA=1 are both set; unset one of them.")
-    cuda_home = None if skip else find_cuda_home()
+    if skip:
+        return exts
+    if not force and not gpu_visible():
+        print("meds_core: no GPU visible, the CUDA kernel is not built (MEDS_FORCE_CUDA=1 builds it anyway)")
+        return exts
+    cuda_home = find_cuda_home()
     if cuda_home is None:
         if force:
             raise RuntimeError("MEDS_FORCE_CUDA=1 but nvcc was not found: set CUDA_HOME to the CUDA toolkit "

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.grading import Grader
+from meds_core.grading import Grader, graded_text
 from meds_core.metrics import default_ks, effective_rank, mean_at_n, pass_at_k, top1_eigen_ratio
 from meds_core.problems import Problem, load_problems
 
@@ -206,18 +206,22 @@ def results_markdown(report: dict[str, Any]) -> str:
 
 
 def _record(dataset: str, prob: Problem, prompt: list[int], comps: list[list[int]], prefix_ids: list[int],
-            tok: Any, grade: Grader, model: Any, config: Any, feature_batch_size: int) -> dict[str, Any]:
+            tok: Any, grade: Grader, model: Any, config: Any, feature_batch_size: int,
+            response_prefix: str = "") -> dict[str, Any]:
     """The cache record of one problem: its graded completions, their lengths, answers and diversity.
 
-    ``prompt`` ends with ``prefix_ids``; ``comps`` are the n generated token-id lists. ``config`` None: no features.
+    ``prompt`` ends with ``prefix_ids`` (the tokens of ``response_prefix``); ``comps`` are the n generated token-id
+    lists. The grader sees ``response_prefix`` + each generated text (:func:`meds_core.grading.graded_text`).
+    ``config`` None: no features.
     """
     from meds_core.answer import locate_answers
 
     texts = tok.batch_decode(comps, skip_special_tokens=True)
-    responses = [prefix_ids + c for c in comps]  # the forced prefix is part of the response, not of the grading
+    responses = [prefix_ids + c for c in comps]  # the forced prefix is part of the response, and of the grading
     starts, _ = locate_answers(tok, responses, config.answer_marker if config is not None else "\\boxed{")
+    correct = grade.grade([graded_text(response_prefix, t) for t in texts], prob.answer)
     rec = {"dataset": dataset, "key": prob.key, "index": prob.index, "answer": prob.answer,
-           "correct": [int(x) for x in grade.grade(texts, prob.answer)], "num_tokens": [len(c) for c in comps],
+           "correct": [int(x) for x in correct], "num_tokens": [len(c) for c in comps],
            "has_answer": (starts >= 0).astype(int).tolist(), "effective_rank": None, "top1_eigen_ratio": None,
            "completions": texts}
     if config is not None:
@@ -265,8 +269,9 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
         See :func:`render_prompt`.
     response_prefix : str
         Text forced at the start of every response (appended to the prompt). It counts as part of the response
-        for the answer feature (a prefix ending in ``\\boxed{`` is found by ``locate_answers``) but is not graded:
-        the grader sees only the generated text.
+        for the answer feature (a prefix ending in ``\\boxed{`` is found by ``locate_answers``) and for grading:
+        the grader sees the prefix followed by the generated text, and a ``\\boxed{`` the prefix opens that the
+        generation never closes is closed (see :func:`meds_core.grading.graded_text`).
     engine : 'auto' | 'hf' | 'vllm'
     grader : 'auto' | 'math-verify' | 'exact'
     seed : int
@@ -355,8 +360,8 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
                                      top_k=top_k, seed=seed + chunk[0].index)
             if features and hf_model is None:
                 hf_model = _load_model(model_name, device)
-            records = [_record(name, prob, prompt, comps, prefix_ids, tok, grade, hf_model, config, feature_batch_size)
-                       for prob, prompt, comps in zip(chunk, prompts, samples)]
+            records = [_record(name, prob, prompt, comps, prefix_ids, tok, grade, hf_model, config, feature_batch_size,
+                               response_prefix) for prob, prompt, comps in zip(chunk, prompts, samples)]
             cache.update({(name, rec["key"]): rec for rec in records})
             _append_cache(out, records)
             done = a + len(chunk)

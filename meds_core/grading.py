@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["GRADERS", "Grader", "last_boxed"]
+__all__ = ["GRADERS", "Grader", "graded_text", "last_boxed"]
 
 GRADERS = ("auto", "math-verify", "exact")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -42,6 +42,35 @@ def last_boxed(text: str) -> str | None:
         if depth == 0:
             found = text[m.end():i - 1]
     return found
+
+
+def graded_text(response_prefix: str, generated: str) -> str:
+    """The text a grader sees for one completion: the forced ``response_prefix`` followed by the generated text.
+
+    When the prefix opens a ``\\boxed{`` that the generated text never closes (``--response-prefix '\\boxed{'``
+    with a budget of one answer token), the box is closed, so ``'\\boxed{'`` + ``'7'`` is graded as
+    ``\\boxed{7}``. A box the generated text opens itself and never closes stays unclosed (a truncated answer).
+
+    Parameters
+    ----------
+    response_prefix : str
+        Text forced at the start of every response ('' for none).
+    generated : str
+        The decoded generated tokens.
+
+    Returns
+    -------
+    str
+    """
+    full = response_prefix + generated
+    opened = [m for m in _BOXED.finditer(full) if m.start() < len(response_prefix)]
+    if not opened:
+        return full
+    depth, i = 1, opened[-1].end()
+    while i < len(full) and depth:
+        depth += {"{": 1, "}": -1}.get(full[i], 0)
+        i += 1
+    return full + "}" * depth
 
 
 _SPACES = re.compile(r"\s+|\\[,;:! ]|\\left|\\right")

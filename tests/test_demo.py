@@ -34,11 +34,53 @@ from meds_core.demo.warmstart import answer_mixtures, warm_start  # noqa: E402
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def demo_out(tmp_path_factory):
+    import contextlib
+    import io
+
     from meds_core.cli import main
 
     out = str(tmp_path_factory.mktemp("demo") / "demo_out")
-    assert main(["demo", "--quick", "-q", "--out", out]) == 0
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        assert main(["demo", "--quick", "-q", "--out", out]) == 0
+    with open(out + ".printed.txt", "w") as f:  # beside the folder: what the command printed
+        f.write(printed.getvalue())
     return out
+
+
+def test_one_seed_prints_values_without_sd_and_no_library_warnings(demo_out):
+    printed = open(demo_out + ".printed.txt").read()
+    assert "metric (1 seed, value)" in printed and "±" not in printed
+    assert "FutureWarning" not in printed and "gradient_checkpointing" not in printed
+
+
+def test_metrics_record_versions_and_machine(demo_out):
+    from importlib.metadata import version
+
+    import trl
+
+    env = json.load(open(os.path.join(demo_out, "metrics.json")))["environment"]
+    assert env["versions"]["trl"] == trl.__version__ and env["versions"]["torch"] == version("torch")
+    assert env["versions"]["meds_core"] == version("meds_core") and env["cpus"] == os.cpu_count()
+    assert len(env["loadavg_start"].split()) == 3 or env["loadavg_start"] == "unknown"
+
+
+def test_report_md_prints_the_table_of_a_metrics_file(demo_out, capsys):
+    from meds_core.cli import main
+    from meds_core.demo.report import readme_table
+    from meds_core.demo.summary import METRICS
+
+    assert main(["demo", "--report-md", os.path.join(demo_out, "metrics.json")]) == 0
+    table = capsys.readouterr().out.strip()
+    assert table == readme_table(os.path.join(demo_out, "metrics.json"))
+    m = json.load(open(os.path.join(demo_out, "metrics.json")))
+    rows = [r for r in table.splitlines() if r.startswith("| ") and "---" not in r]
+    assert rows[0] == "| metric (1 seed, value) | baseline | MEDS | shuffled control |"
+    assert len(rows) == 1 + len(METRICS)
+    acc = m["aggregate"]["meds"]["acc_final"]["mean"]
+    assert rows[1] == f"| {METRICS[0].label} | " + " | ".join(
+        f"{m['aggregate'][k]['acc_final']['mean']:.3f}" for k in ("baseline", "meds", "shuffle")) + " |"
+    assert f"{acc:.3f}" in rows[1] and "Claimed (MEDS beats" in table and "nothing." in table
 
 
 def test_demo_writes_outputs(demo_out):
@@ -84,7 +126,7 @@ def test_demo_methods_start_identically(demo_out):
 
 
 def test_cli_import_stays_light():
-    code = ("import sys, meds_core.cli as c; c.build_parser().parse_args(['demo', '--quick']); "
+    code = ("import sys, meds_core.cli as c; c.build_parser()[0].parse_args(['demo', '--quick']); "
             "print(sorted(m for m in ('torch', 'trl', 'transformers', 'matplotlib') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -247,3 +247,33 @@ def test_evaluate_argument_errors(model_dir, data, tmp_path):
         evaluate(model_dir, data[0], tmp_path, engine="gpu")
     with pytest.raises(ValueError, match="both named 'arith'"):
         evaluate(model_dir, [data[0], data[0]], tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- prefix
+def test_graded_text_closes_only_a_box_the_prefix_opened():
+    from meds_core.grading import graded_text, last_boxed
+
+    assert graded_text("\\boxed{", "7") == "\\boxed{7}"
+    assert graded_text("\\boxed{", "7}") == "\\boxed{7}"
+    assert graded_text("\\boxed{", "\\frac{1}{2") == "\\boxed{\\frac{1}{2}}"
+    assert graded_text("", "so \\boxed{7") == "so \\boxed{7"  # truncated by the model itself: stays unclosed
+    assert graded_text("\\boxed{", "7} then \\boxed{8") == "\\boxed{7} then \\boxed{8"
+    assert graded_text("Answer: ", "\\boxed{7}") == "Answer: \\boxed{7}"
+    assert last_boxed(graded_text("\\boxed{", "7")) == "7"
+
+
+def digit_sample(self, prompts, n, **kw):
+    """One generated token per completion: the digit '7' for every problem (forced prefix '\\boxed{')."""
+    return [[self.tokenizer("7", add_special_tokens=False)["input_ids"]] * n for _ in prompts]
+
+
+@pytest.mark.parametrize("grader", ["exact", "math-verify"])
+def test_response_prefix_is_graded_with_the_response(grader, model_dir, data, tmp_path, monkeypatch):
+    if grader == "math-verify":
+        pytest.importorskip("math_verify")
+    monkeypatch.setattr(HFSampler, "sample", digit_sample)
+    report = evaluate(model_dir, data[0], tmp_path / "out", n=2, max_new_tokens=1, template="plain",
+                      response_prefix="\\boxed{", grader=grader, features=False, verbose=False)
+    lines = [json.loads(x) for x in (tmp_path / "out" / "cache.jsonl").read_text().splitlines()]
+    assert [rec["correct"] for rec in lines] == [[0, 0], [1, 1], [0, 0]]  # only "3+4=" has the answer 7
+    assert report["settings"]["grader"] == grader and math.isclose(report["datasets"]["arith"]["pass@k"]["1"], 1 / 3)

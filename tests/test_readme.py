@@ -92,3 +92,41 @@ def test_public_api(name):
     import meds_core
 
     assert name in meds_core.__all__ and hasattr(meds_core, name)
+
+
+def test_eval_example_scores_right_without_math_verify(tmp_path):
+    """README's `meds eval` example, run as written in the environment the demo command sets up (no math-verify):
+    the exact grader sees the forced '\\boxed{' prefix and scores the trained policy as math-verify does."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    lines = [x for x in _block("eval-example").strip().splitlines() if x.strip()]
+    assert len(lines) == 2 and lines[0].startswith("python examples/plain_rl_loop.py")
+    assert lines[1].startswith("meds eval")
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "examples", tmp_path / "examples")
+    hide = tmp_path / "hide"
+    (hide / "math_verify").mkdir(parents=True)
+    (hide / "math_verify" / "__init__.py").write_text("raise ImportError('not installed in the [demo] environment')\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    subprocess.run(["bash", "-euo", "pipefail", "-c", lines[0]], cwd=tmp_path, env=env, check=True,
+                   capture_output=True, text=True)
+    res = subprocess.run(["bash", "-euo", "pipefail", "-c", lines[1]], cwd=tmp_path, check=True, capture_output=True,
+                         text=True, env={**env, "PYTHONPATH": str(hide)})
+    assert "math-verify is not installed" in res.stderr
+    report = json.loads((tmp_path / "eval_out" / "results.json").read_text())
+    assert report["settings"]["grader"] == "exact"
+    assert report["datasets"]["problems"]["pass@k"]["1"] > 0.5, report  # 0.836 when measured
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        return
+    subprocess.run(["bash", "-euo", "pipefail", "-c", lines[1].replace("eval_out", "eval_mv")], cwd=tmp_path,
+                   check=True, capture_output=True, text=True, env=env)
+    mv = json.loads((tmp_path / "eval_mv" / "results.json").read_text())
+    assert mv["settings"]["grader"] == "math-verify"
+    # same samples, same verdicts
+    assert mv["datasets"]["problems"]["pass@k"] == report["datasets"]["problems"]["pass@k"]

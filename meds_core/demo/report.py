@@ -73,18 +73,55 @@ def table_header() -> str:
     return f"{'method':<13} {'seed':>4} {'step':>4} " + " ".join(f"{k:>{w}}" for k, w, _ in _SCREEN)
 
 
+def _cell(a: dict[str, Any], fmt: str, n_seeds: int) -> str:
+    """``mean ± sd`` over seeds; the mean alone for one seed (an sd of one value says nothing)."""
+    if a["mean"] is None:
+        return "-"
+    if n_seeds < 2 or a["sd"] is None:
+        return fmt.format(a["mean"])
+    return f"{fmt.format(a['mean'])} ± {fmt.format(a['sd'])}"
+
+
+def _caption(n_seeds: int) -> str:
+    return f"metric ({n_seeds} seed{'s' if n_seeds > 1 else ''}, {'mean ± sd' if n_seeds > 1 else 'value'})"
+
+
 def summary_table(agg: dict[str, dict[str, dict[str, Any]]], n_seeds: int) -> str:
-    """Side-by-side summary: one row per metric, one ``mean ± sd`` column per method."""
+    """Side-by-side summary: one row per metric, one ``mean ± sd`` column per method (the value for one seed)."""
     methods = [m for m in METHODS if m in agg]
-    head = f"{'metric (' + str(n_seeds) + ' seed' + ('s' if n_seeds > 1 else '') + ', mean ± sd)':<38}" + "".join(
-        f"{LABELS[m]:>18}" for m in methods)
+    head = f"{_caption(n_seeds):<38}" + "".join(f"{LABELS[m]:>18}" for m in methods)
     lines = [head, "-" * len(head)]
     for m in METRICS:
-        cells = []
-        for method in methods:
-            a = agg[method][m.key]
-            cells.append(f"{m.fmt.format(a['mean'])} ± {m.fmt.format(a['sd'])}")
+        cells = [_cell(agg[method][m.key], m.fmt, n_seeds) for method in methods]
         lines.append(f"{m.label:<38}" + "".join(f"{c:>18}" for c in cells))
+    return "\n".join(lines)
+
+
+def readme_table(metrics_json: str) -> str:
+    """README's demo section, generated from a ``metrics.json`` the demo wrote: the summary table as markdown (the
+    same rows and numbers the terminal prints), the claims, and the run's versions, machine and wall time.
+
+    ``tests/test_readme.py`` checks that README holds exactly this text for ``docs/demo_metrics.json``.
+    """
+    with open(metrics_json, encoding="utf-8") as f:
+        result = json.load(f)
+    agg, n = result["aggregate"], result["config"]["seeds"]
+    methods = [m for m in METHODS if m in agg]
+    names = {"baseline": "baseline", "meds": "MEDS", "shuffle": "shuffled control"}
+    lines = [f"| {_caption(n)} | " + " | ".join(names[m] for m in methods) + " |",
+             "| --- |" + " --- |" * len(methods)]
+    for m in METRICS:
+        lines.append(f"| {m.label} | " + " | ".join(_cell(agg[method][m.key], m.fmt, n) for method in methods) + " |")
+    claims = result.get("claims", [])
+    lines.append("")
+    lines.append("Claimed (MEDS beats the shuffled control in every seed with paired |t| >= 2): "
+                 + ("; ".join(METRIC_BY_KEY[k].label for k in claims) if claims else "nothing") + ".")
+    env = result.get("environment")
+    if env:
+        libs = ", ".join(f"{k} {v}" for k, v in env["versions"].items())
+        lines.append(f"Recorded run: {libs}; {env['machine']}, {env['cpus']} CPUs, load average "
+                     f"{env['loadavg_start']} at the start; {result['seconds']['total']:.0f} s wall "
+                     f"(warm-up {result['seconds']['warm_start']:.0f} s, GRPO {result['seconds']['runs']:.0f} s).")
     return "\n".join(lines)
 
 

@@ -167,7 +167,9 @@ def run_grpo(method: str, seed: int, start: Any, tokenizer: Any, task: Task, set
         log.evals.append({"step": step, "acc": train["acc"], "entropy": train["entropy"],
                           "top_wrong": train["top_wrong"], "acc_held": float(held.mean()) if len(held) else None})
 
-    with tempfile.TemporaryDirectory(prefix="meds_demo_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="meds_demo_") as tmp, warnings.catch_warnings():
+        # transformers 5 renamed gradient_checkpointing (which TRL's GRPOConfig still sets) and warns on every config
+        warnings.filterwarnings("ignore", message="`gradient_checkpointing", category=FutureWarning)
         args = GRPOConfig(output_dir=tmp, per_device_train_batch_size=settings.batch,
                           num_generations=settings.num_generations,
                           max_completion_length=settings.max_completion_length, learning_rate=settings.learning_rate,
