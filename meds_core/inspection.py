@@ -163,27 +163,28 @@ def plot_heatmap(memory: ErrorMemory, key: Any, group: int, path: str) -> None:
     order = np.lexsort((np.arange(len(labels)), np.where(labels < 0, np.iinfo(np.int64).max, labels)))
     rows, labels = rows[order], labels[order]
     F = rows.shape[1] if rows.ndim == 2 else 0
-    fig = _figure(max(4.0, 0.6 * F + 2.5), min(12.0, 2.0 + 0.06 * len(rows)))
+    n_groups = len(np.unique(labels)) if len(labels) else 0
+    fig = _figure(max(5.0, 0.6 * F + 3.5), min(16.0, max(3.0, 2.0 + 0.06 * len(rows), 1.0 + 0.14 * n_groups)))
     ax = fig.add_subplot()
     im = ax.imshow(rows, aspect="auto", interpolation="nearest", cmap="viridis")
-    fig.colorbar(im, ax=ax, label="<h_l, W_U[answer token]>")
+    fig.colorbar(im, ax=ax, label="logit lens: <h_l, W_U[answer token]>")
     bounds = np.flatnonzero(np.diff(labels)) + 1
     for b in bounds:
         ax.axhline(b - 0.5, color="white", linewidth=1.5)
-    starts = np.concatenate([[0], bounds])
-    ends = np.concatenate([bounds, [len(labels)]])
-    stride = -(-len(starts) // 40) if len(labels) else 1  # at most ~40 labelled groups; noise always labelled
-    shown = [j for j in range(len(starts)) if j % stride == 0 or labels[starts[j]] < 0]
-    ax.set_yticks([(starts[j] + ends[j] - 1) / 2 for j in shown])
-    ax.set_yticklabels([f"{'noise' if labels[starts[j]] < 0 else f'C{labels[starts[j]]}'} ({ends[j] - starts[j]})"
-                        for j in shown])
+    starts = np.concatenate([[0], bounds]) if len(labels) else np.zeros(0, np.int64)
+    ends = np.concatenate([bounds, [len(labels)]]) if len(labels) else np.zeros(0, np.int64)
+    # every cluster is labelled with its size (font shrinks with the number of clusters); noise is pooled last
+    ax.set_yticks([(starts[j] + ends[j] - 1) / 2 for j in range(len(starts))])
+    ax.set_yticklabels([f"{'noise (pooled)' if labels[starts[j]] < 0 else f'cluster {labels[starts[j]]}'}: "
+                        f"{ends[j] - starts[j]} rows" for j in range(len(starts))],
+                       fontsize=max(5.0, min(9.0, 400.0 / max(len(starts), 1))))
     ax.set_xticks(range(F))
     ax.set_xticklabels(_layer_ticks(memory.config, F))
     ax.set_xlabel("layer")
     ax.set_ylabel("stored rollouts, grouped by cluster")
     ax.set_title(f"prompt {key!r}, {GROUP_NAMES.get(group, group)} rollouts: {len(rows)} rows")
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")  # keeps the colorbar's label, which tight_layout alone cuts off
 
 
 def plot_cluster_sizes(stats: MemoryStats, path: str) -> None:
@@ -202,12 +203,24 @@ def plot_cluster_sizes(stats: MemoryStats, path: str) -> None:
     fig.savefig(path)
 
 
-def plot_penalties(pen: np.ndarray, config: Any, path: str) -> None:
-    """Histogram of :func:`stored_wrong_penalties`."""
-    fig = _figure(6.0, 4.0)
+def stored_wrong_noise(memory: ErrorMemory) -> np.ndarray:
+    """Whether each stored wrong row is noise (label -1): [stored wrong rows] bool, the order of
+    :func:`stored_wrong_penalties`. Under ``noise_policy='pool'`` their penalty comes from the pooled noise count."""
+    flags = [memory.labels(k, g) < 0 for k, g in memory.keys() if g == 0]
+    return np.concatenate(flags) if flags else np.zeros(0, bool)
+
+
+def plot_penalties(pen: np.ndarray, config: Any, path: str, noise: np.ndarray | None = None) -> None:
+    """Histogram of :func:`stored_wrong_penalties`, rows in clusters and noise rows stacked separately."""
+    fig = _figure(6.5, 4.0)
     ax = fig.add_subplot()
     hi = config.penalty_coef * config.penalty_cap
-    ax.hist(pen, bins=np.linspace(0, hi if hi > 0 else 1.0, 31), color="tab:red")
+    bins = np.linspace(0, hi if hi > 0 else 1.0, 31)
+    noise = np.zeros(len(pen), bool) if noise is None else np.asarray(noise, bool)
+    pooled = "pooled noise count" if config.noise_policy == "pool" else "no penalty: noise_policy 'ignore'"
+    ax.hist([pen[~noise], pen[noise]], bins=bins, stacked=True, color=["tab:red", "tab:gray"],
+            label=[f"rows in a cluster ({int((~noise).sum())})", f"noise rows ({int(noise.sum())}; {pooled})"])
+    ax.legend(fontsize=8)
     ax.set_xlabel(f"penalty = {config.penalty_coef:g} * min(ln(|C| + 1), {config.penalty_cap:g})")
     ax.set_ylabel("stored wrong rollouts")
     ax.set_title(f"penalty in each stored wrong row's cluster (target {config.cluster_penalty_target!r})")
@@ -281,7 +294,7 @@ def inspect_memory(memory: str | os.PathLike | ErrorMemory, out: str | os.PathLi
         files["cluster_sizes"] = os.path.join(out, "cluster_sizes.png")
         plot_cluster_sizes(stats, files["cluster_sizes"])
         files["penalties"] = os.path.join(out, "penalties.png")
-        plot_penalties(stored_wrong_penalties(mem), mem.config, files["penalties"])
+        plot_penalties(stored_wrong_penalties(mem), mem.config, files["penalties"], stored_wrong_noise(mem))
     summary["files"] = files
     with open(files["summary_json"], "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)

@@ -154,7 +154,7 @@ def run_demo(out: str = "demo_out", seeds: int = 3, steps: int = 60, batch: int 
     report.write_json(os.path.join(out, "samples.json"),
                       [{"method": g.method, "seed": g.seed, **g.samples} for g in logs])
     report.write_steps_tsv(os.path.join(out, "steps.tsv"), logs)
-    pngs = report.plot(out, logs, agg)
+    pngs = report.plot(out, logs, agg, comparisons)
 
     print()
     print(report.summary_table(agg, n))

@@ -199,7 +199,8 @@ def write_steps_tsv(path: str, logs: list[RunLog]) -> None:
                 f.write("\t".join("" if row[c] is None else str(row[c]) for c in STEP_COLUMNS) + "\n")
 
 
-def plot(out: str, logs: list[RunLog], agg: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+def plot(out: str, logs: list[RunLog], agg: dict[str, dict[str, dict[str, Any]]],
+         comparisons: dict[str, dict[str, dict[str, Any]]] | None = None) -> list[str]:
     """PNG plots (matplotlib, Agg): learning curves of the exact metrics and per-seed summary values."""
     import matplotlib
 
@@ -230,18 +231,48 @@ def plot(out: str, logs: list[RunLog], agg: dict[str, dict[str, dict[str, Any]]]
     fig.savefig(files[-1], dpi=100)
     plt.close(fig)
 
-    keys = ("acc_final", "rep_rate", "top_wrong", "entropy", "distinct", "penalty")
-    fig, axes = plt.subplots(1, len(keys), figsize=(3 * len(keys), 3.6))
-    methods = [m for m in METHODS if m in agg]
-    for ax, key in zip(axes, keys):
-        for i, method in enumerate(methods):
-            a = agg[method][key]
-            ax.bar(i, a["mean"], color=colors[method], alpha=0.6)
-            ax.scatter([i] * len(a["values"]), a["values"], color="k", s=10, zorder=3)
-        ax.set_xticks(range(len(methods)), [LABELS[m] for m in methods], rotation=30, fontsize=8)
-        ax.set_title(METRIC_BY_KEY[key].label, fontsize=8)
-    fig.tight_layout()
-    files.append(os.path.join(out, "summary.png"))
-    fig.savefig(files[-1], dpi=100)
-    plt.close(fig)
+    files.append(summary_plot(out, agg, comparisons or {}))
     return files
+
+
+def summary_plot(out: str, agg: dict[str, dict[str, dict[str, Any]]],
+                 comparisons: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """``summary.png``: the claim itself. For each claimable metric, the paired per-seed differences MEDS - shuffled
+    control (what the memory adds) and MEDS - baseline (what any penalty adds), their means, a zero line; a metric
+    the demo claims is marked. Returns the path."""
+    import matplotlib.pyplot as plt
+
+    keys = [m.key for m in METRICS if m.better != 0 and all(m.key in agg.get(x, {}) for x in ("meds", "shuffle"))]
+    claimed = {k for k, c in comparisons.get("meds_vs_shuffle", {}).items() if c.get("claimed")}
+    pairs = (("shuffle", "MEDS − shuffled\ncontrol", "tab:blue"), ("baseline", "MEDS −\nbaseline", "tab:gray"))
+    fig, axes = plt.subplots(1, len(keys), figsize=(2.9 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        metric = METRIC_BY_KEY[key]
+        meds = np.asarray(agg["meds"][key]["values"], float)
+        for i, (other, _, color) in enumerate(pairs):
+            if other not in agg:
+                continue
+            diff = meds - np.asarray(agg[other][key]["values"], float)
+            ax.scatter(np.full(len(diff), i) + np.linspace(-0.08, 0.08, len(diff)), diff, color=color, s=22,
+                       zorder=3, label="one seed" if i == 0 else None)
+            ax.hlines(diff.mean(), i - 0.25, i + 0.25, color=color, linewidth=2.5, label="mean" if i == 0 else None)
+        ax.axhline(0.0, color="k", linewidth=0.8)
+        ax.set_xticks(range(len(pairs)), [p[1] for p in pairs], fontsize=8)
+        ax.set_xlim(-0.6, len(pairs) - 0.4)
+        better = "higher" if metric.better > 0 else "lower"
+        title = f"{metric.label}\n(MEDS better: {better})"
+        if key in claimed:
+            ax.set_facecolor("#e6f4e6")
+            title = "CLAIMED: " + title
+        ax.set_title(title, fontsize=9, fontweight="bold" if key in claimed else "normal")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("paired difference per seed")
+    axes[0][0].legend(fontsize=7, loc="best")
+    n = len(agg["meds"][keys[0]]["values"]) if keys else 0
+    fig.suptitle(f"What MEDS changes, {n} seed(s): dots = seeds, bar = mean, 0 = no change. A metric is claimed "
+                 "(green) only when MEDS beats the shuffled control in every seed with paired |t| >= 2.", fontsize=9)
+    fig.tight_layout()
+    path = os.path.join(out, "summary.png")
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
