@@ -80,7 +80,7 @@ def test_report_md_prints_the_table_of_a_metrics_file(demo_out, capsys):
     acc = m["aggregate"]["meds"]["acc_final"]["mean"]
     assert rows[1] == f"| {METRICS[0].label} | " + " | ".join(
         f"{m['aggregate'][k]['acc_final']['mean']:.3f}" for k in ("baseline", "meds", "shuffle")) + " |"
-    assert f"{acc:.3f}" in rows[1] and "Claimed (MEDS beats" in table and "nothing." in table
+    assert f"{acc:.3f}" in rows[1] and "Claimed (MEDS beats the shuffled control" in table and "nothing." in table
 
 
 def test_demo_writes_outputs(demo_out):

@@ -130,3 +130,21 @@ def test_eval_example_scores_right_without_math_verify(tmp_path):
     assert mv["settings"]["grader"] == "math-verify"
     # same samples, same verdicts
     assert mv["datasets"]["problems"]["pass@k"] == report["datasets"]["problems"]["pass@k"]
+
+
+def test_demo_table_is_generated_from_the_recorded_run():
+    """README's demo table is `meds demo --report-md docs/demo_metrics.json`, character for character, and that file
+    is a real demo run with the default settings (3 seeds, 60 steps) and its versions recorded."""
+    import json
+
+    from meds_core.demo.report import readme_table
+
+    root = Path(__file__).resolve().parent.parent
+    recorded = root / "docs" / "demo_metrics.json"
+    m = re.search(r"<!-- demo-table -->\n(.*?)\n<!-- /demo-table -->", README, re.S)
+    assert m, "README has no <!-- demo-table --> ... <!-- /demo-table --> block"
+    assert m.group(1).strip() == readme_table(str(recorded)).strip()
+    run = json.loads(recorded.read_text())
+    assert run["config"]["seeds"] == 3 and run["config"]["steps"] == 60 and not run["config"]["quick"]
+    assert run["environment"]["versions"]["trl"] and run["environment"]["versions"]["torch"]
+    assert len(run["runs"]) == 3 * 3

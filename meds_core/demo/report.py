@@ -114,7 +114,8 @@ def readme_table(metrics_json: str) -> str:
         lines.append(f"| {m.label} | " + " | ".join(_cell(agg[method][m.key], m.fmt, n) for method in methods) + " |")
     claims = result.get("claims", [])
     lines.append("")
-    lines.append("Claimed (MEDS beats the shuffled control in every seed with paired |t| >= 2): "
+    lines.append("Claimed (MEDS beats the shuffled control in every seed, or in >= 80 % of >= 6 seeds, with paired "
+                 "|t| >= 2): "
                  + ("; ".join(METRIC_BY_KEY[k].label for k in claims) if claims else "nothing") + ".")
     env = result.get("environment")
     if env:
@@ -263,14 +264,15 @@ def summary_plot(out: str, agg: dict[str, dict[str, dict[str, Any]]],
         title = f"{metric.label}\n(MEDS better: {better})"
         if key in claimed:
             ax.set_facecolor("#e6f4e6")
-            title = "CLAIMED: " + title
+            title = "CLAIMED\n" + title
         ax.set_title(title, fontsize=9, fontweight="bold" if key in claimed else "normal")
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].set_ylabel("paired difference per seed")
     axes[0][0].legend(fontsize=7, loc="best")
     n = len(agg["meds"][keys[0]]["values"]) if keys else 0
     fig.suptitle(f"What MEDS changes, {n} seed(s): dots = seeds, bar = mean, 0 = no change. A metric is claimed "
-                 "(green) only when MEDS beats the shuffled control in every seed with paired |t| >= 2.", fontsize=9)
+                 "(green) only when MEDS beats the shuffled control in every seed (>= 80 % of >= 6 seeds) with paired "
+                 "|t| >= 2.", fontsize=9)
     fig.tight_layout()
     path = os.path.join(out, "summary.png")
     fig.savefig(path, dpi=100)
