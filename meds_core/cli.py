@@ -201,8 +201,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                                    "shuffled-penalty control (partial-credit reward, scale_rewards='none'). Prints a "
                                    "per-step table and a summary over seeds that claims only what beats the control; "
                                    "writes OUT/metrics.json (with library versions and machine facts), samples.json, "
-                                   "steps.tsv and PNG plots. About 4 minutes on 2 quiet CPU cores with 3 seeds, "
-                                   "longer under load.")
+                                   "steps.tsv and PNG plots. The recorded 3-seed run (docs/demo_metrics.json) took "
+                                   "249 s on 2 busy CPU cores; --quick takes under a minute.")
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out/)")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0..SEEDS-1, each run by all three methods (default 3)")
     p.add_argument("--steps", type=int, default=60, help="GRPO steps per run (default 60)")
