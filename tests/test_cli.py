@@ -163,3 +163,29 @@ def test_plain_rl_loop_help_does_not_import_torch():
                          cwd=str(__import__("pathlib").Path(__file__).parents[1])).stdout
     assert "--steps" in out and "(default 30)" in out
     assert out.strip().endswith("HEAVY []")
+
+
+def test_kernel_cache_detection(tmp_path, monkeypatch):
+    from meds_core import _warmup
+
+    monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("MEDS_NUMBA_CACHE", raising=False)
+    assert not _warmup.kernels_cached()
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "_numba_knn.knn_vote_kernel-62.py311.nbi").write_bytes(b"")
+    assert _warmup.kernels_cached()
+    monkeypatch.setenv("MEDS_NUMBA_CACHE", "0")
+    assert not _warmup.kernels_cached()  # the cache is off: every process compiles
+
+
+def test_documented_outputs_are_git_ignored():
+    import pathlib
+    import shutil
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    names = ["demo_out/x", "eval_out/x", "inspect_out/x", "meds_inspect/x", "meds_memory.bin", "tiny_policy/x",
+             "verl_cpu_out/x"]
+    res = subprocess.run(["git", "check-ignore", *names], cwd=root, capture_output=True, text=True)
+    assert sorted(res.stdout.split()) == sorted(names)
