@@ -82,6 +82,9 @@ def main(args: argparse.Namespace) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from meds_core import ErrorMemory, MEDSConfig, extract_features, locate_answers, shape_rewards
+    from meds_core.warmup import warm_clustering_kernels
+
+    warm_clustering_kernels()  # announces the one-time numba compilation instead of a silent first step
 
     torch.manual_seed(args.seed)
     tok = build_tokenizer()

@@ -265,7 +265,7 @@ def _check_warmup(args: argparse.Namespace) -> None:
 
 
 def _run_warmup(args: argparse.Namespace) -> int:
-    from meds_core._warmup import warm_clustering_kernels
+    from meds_core.warmup import warm_clustering_kernels
 
     seconds = warm_clustering_kernels(verbose=True)
     print(f"clustering kernels ready ({seconds:.1f} s)")

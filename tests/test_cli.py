@@ -166,7 +166,7 @@ def test_plain_rl_loop_help_does_not_import_torch():
 
 
 def test_kernel_cache_detection(tmp_path, monkeypatch):
-    from meds_core import _warmup
+    from meds_core import warmup as _warmup
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("MEDS_NUMBA_CACHE", raising=False)

@@ -76,7 +76,7 @@ def run_demo(out: str = "demo_out", seeds: int = 3, steps: int = 60, batch: int 
     from meds_core.demo.warmstart import answer_mixtures, warm_start
 
     quiet_libraries()
-    from meds_core._warmup import warm_clustering_kernels
+    from meds_core.warmup import warm_clustering_kernels
 
     kernel_seconds = warm_clustering_kernels(verbose=not quiet, say=say)  # never a silent first MEDS step
     settings = RunSettings(steps=steps, batch=batch, penalty_coef=penalty_coef, eval_every=eval_every,
