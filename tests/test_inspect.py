@@ -131,3 +131,31 @@ def test_python_dash_m_and_light_imports():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert main([]) == 2
+
+
+def test_cluster_answers_names_each_clusters_most_frequent_answer():
+    from meds_core.inspection import cluster_answers
+
+    labels = np.array([0, 1, 0, -1, 0, 1, -1])
+    answers = ["7", "8", "7", "3", "9", "8", "4"]
+    assert cluster_answers(labels, answers) == {0: "'7' (2/3)", 1: "'8' (2/2)", -1: "'3' (1/2)"}
+    with pytest.raises(ValueError, match="answers list has 2 entries but the memory stores 7 rows"):
+        cluster_answers(labels, ["7", "8"])
+
+
+def test_cli_inspect_with_answers(memory_file, tmp_path, capsys):
+    mem = ErrorMemory.load(memory_file)
+    texts = {str(k): [f"answer {i}" for i in range(len(mem.labels(k, g)))] for k, g in mem.keys() if g == 0}
+    good = tmp_path / "answers.json"
+    good.write_text(json.dumps({"wrong": texts, "correct": {}}))
+    assert main(["inspect", str(memory_file), "--out", str(tmp_path / "a"), "--answers", str(good)]) == 0
+    assert (tmp_path / "a" / "heatmap.png").read_bytes()[:8] == PNG_MAGIC
+    capsys.readouterr()
+    bad = tmp_path / "short.json"
+    bad.write_text(json.dumps({"wrong": {k: v[:1] for k, v in texts.items()}}))
+    assert main(["inspect", str(memory_file), "--out", str(tmp_path / "b"), "--answers", str(bad)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "answers list has 1 entries but the memory stores" in err[0]
+    assert not (tmp_path / "b" / "heatmap.png").exists()
+    assert main(["inspect", str(memory_file), "--answers", str(tmp_path / "none.json")]) == 2
+    assert "--answers" in capsys.readouterr().err
