@@ -148,3 +148,24 @@ def test_demo_table_is_generated_from_the_recorded_run():
     assert run["config"]["seeds"] == 3 and run["config"]["steps"] == 60 and not run["config"]["quick"]
     assert run["environment"]["versions"]["trl"] and run["environment"]["versions"]["torch"]
     assert len(run["runs"]) == 3 * 3
+
+
+def test_inspect_example_runs(tmp_path):
+    """README's `meds inspect` example (the training shortened to 4 steps): summary, and every PNG written."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    lines = [x for x in _block("inspect-example").strip().splitlines() if x.strip()]
+    assert len(lines) == 2 and lines[1].startswith("meds inspect")
+    root = Path(__file__).resolve().parent.parent
+    shutil.copytree(root / "examples", tmp_path / "examples")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    for line in (lines[0] + " --steps 4", lines[1]):
+        res = subprocess.run(["bash", "-euo", "pipefail", "-c", line], cwd=tmp_path, env=env, capture_output=True,
+                             text=True)
+        assert res.returncode == 0, res.stderr
+    assert "| repeated-error rate |" in res.stdout
+    for name in ("heatmap.png", "cluster_sizes.png", "penalties.png", "summary.json"):
+        assert (tmp_path / "inspect_out" / name).stat().st_size > 0
