@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from meds_core.clustering import _engine, _library  # noqa: F401  (register the numba and the library backends)
+from meds_core.clustering import _engine, _gpu, _library  # noqa: F401  (register the numba, cuda, library backends)
 from meds_core.clustering._registry import get_backend
 
 
