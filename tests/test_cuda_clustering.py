@@ -191,6 +191,15 @@ def test_auto_picks_cuda_only_for_features_on_a_usable_gpu(monkeypatch, caplog):
     assert resolve_backend("cuda") == "cuda"
 
 
+@pytest.mark.parametrize("min_samples", [1, 2, 3, 5])
+def test_cuml_min_samples_mapping_matches_the_hdbscan_library(min_samples):
+    pytest.importorskip("cuml")  # only where RAPIDS cuML (and a GPU) is installed
+    two_triples = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [10.0, 10.0], [11.0, 10.0], [10.0, 11.0]])
+    problems = [two_triples, blobs(40, 40, d=3), blobs(41, 60, d=5)]  # well separated: float32 cannot flip a tie
+    params = HDBSCANParams(3, min_samples)
+    assert same(cluster_batch(problems, params, "cuml"), cluster_batch(problems, params, "hdbscan"))
+
+
 def test_cuda_status_reports_what_it_sees():
     status = cuda_status(refresh=True)
     assert status["usable"] and status["numba_cuda"]

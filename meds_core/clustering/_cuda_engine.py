@@ -22,16 +22,26 @@ from meds_core.clustering._engine import _balanced_order, _check_offsets, _check
 
 @kernel
 def _copy_rows(src, dst, row0, bad):
-    """dst[row0 + i, :] = float64(src[i, :]) and bad[row0 + i] = 1 if that row is not finite. One thread per row."""
+    """dst[:, row0 + i] = float64(src[i, :]) (transposed) and bad[row0 + i] = 1 if that row is not finite. One thread
+    per row."""
     i = cuda.grid(1)
     if i < src.shape[0]:
         flag = 0
         for k in range(src.shape[1]):
             v = float(src[i, k])
-            dst[row0 + i, k] = v
+            dst[k, row0 + i] = v
             if not (v - v == 0.0):  # NaN or inf
                 flag = 1
         bad[row0 + i] = flag
+
+
+@kernel
+def _cast_rows(src, dst):
+    """dst[i, :] = float64(src[i, :]). One thread per row."""
+    i = cuda.grid(1)
+    if i < src.shape[0]:
+        for k in range(src.shape[1]):
+            dst[i, k] = float(src[i, k])
 
 
 def _blocks(n: int, threads: int = THREADS * 2) -> tuple[int, int]:
@@ -49,10 +59,10 @@ def _as_device(x):
 
 
 def _device_pack(arrays: list, offsets: np.ndarray, members: np.ndarray, d: int):
-    """Pack arrays (numpy or CUDA, [n_i, d]) at rows offsets[:-1] of one device array [N, d] f64; raise naming the
-    problem (``members``) and row of the first non-finite row."""
+    """Pack arrays (numpy or CUDA, [n_i, d]) at columns offsets[:-1] of one device array XT [d, N] f64; raise naming
+    the problem (``members``) and row of the first non-finite row."""
     N = int(offsets[-1])
-    X = cuda.device_array((N, d), dtype=np.float64)
+    X = cuda.device_array((d, N), dtype=np.float64)
     bad = cuda.device_array(max(N, 1), dtype=np.int8)
     for a, x in zip(offsets[:-1].tolist(), arrays):
         if len(x):
@@ -63,8 +73,8 @@ def _device_pack(arrays: list, offsets: np.ndarray, members: np.ndarray, d: int)
 
 
 def _groups(problems, offsets):
-    """(X_dev [N, d] f64, offsets [P + 1] int64, problem numbers [P] int64) per distinct d, like the CPU engine's
-    packing; rows already on the GPU are packed there (no host copy)."""
+    """(XT_dev [d, N] f64, offsets [P + 1] int64, problem numbers [P] int64) per distinct d, like the CPU engine's
+    packing but transposed; rows already on the GPU are packed there (no host copy)."""
     if offsets is not None:
         if _is_device(problems):
             x = _as_device(problems)
@@ -74,12 +84,12 @@ def _groups(problems, offsets):
             return [(_device_pack(pieces, offs, members, x.shape[1]), offs, members)]
         X, offs, members = _pack(problems, offsets)[0]
         _raise_if_bad(~np.isfinite(X).all(axis=1), offs, members)
-        return [(cuda.to_device(X), offs, members)]
+        return [(cuda.to_device(np.ascontiguousarray(X.T)), offs, members)]
     if not any(_is_device(x) for x in problems):
         out = []
         for X, offs, members in _pack(problems, None):
             _raise_if_bad(~np.isfinite(X).all(axis=1), offs, members)
-            out.append((cuda.to_device(X), offs, members))
+            out.append((cuda.to_device(np.ascontiguousarray(X.T)), offs, members))
         return out
     shapes = [tuple(x.shape) for x in problems]
     for i, s in enumerate(shapes):
@@ -97,7 +107,7 @@ def _groups(problems, offsets):
     return out
 
 
-def _device_mst(X, offsets: np.ndarray, min_samples: int, min_rows: int):
+def _device_mst(XT, offsets: np.ndarray, min_samples: int, min_rows: int):
     """MST edges of every problem with n >= max(2, min_rows) -> (src, dst [E] int64, weight_sq [E] f64 on the host,
     edge_offsets [P + 1] int64)."""
     n = np.diff(offsets)
@@ -111,12 +121,12 @@ def _device_mst(X, offsets: np.ndarray, min_samples: int, min_rows: int):
     order = cuda.to_device(np.argsort(-n, kind="stable").astype(np.int64))  # largest problems start first
     d_offsets = cuda.to_device(offsets)
     M = max(1, min(min_samples, int(n.max()) - 1))
-    K, core = cuda.device_array((N, M)), cuda.device_array(N)
-    core_distances_kernel[P, THREADS](X, d_offsets, order, min_samples, min_rows, K, core)
+    K, core = cuda.device_array((M, N)), cuda.device_array(N)
+    core_distances_kernel[P, THREADS](XT, d_offsets, order, min_samples, min_rows, K, core)
     del K
     key, via, done = cuda.device_array(N), cuda.device_array(N, np.int64), cuda.device_array(N, np.int8)
     src, dst, w = cuda.device_array(E, np.int64), cuda.device_array(E, np.int64), cuda.device_array(E)
-    prim_kernel[P, THREADS](X, d_offsets, order, core, min_rows, cuda.to_device(edge_offsets), key, via, done,
+    prim_kernel[P, THREADS](XT, d_offsets, order, core, min_rows, cuda.to_device(edge_offsets), key, via, done,
                             src, dst, w)
     return src.copy_to_host(), dst.copy_to_host(), w.copy_to_host(), edge_offsets
 
@@ -176,7 +186,7 @@ def knn_vote_packed_cuda(stored: Sequence[np.ndarray], stored_labels: Sequence[n
                                                                                                      np.float64))
     if Q.dtype != np.float64:
         Q64 = cuda.device_array(Q.shape, np.float64)
-        _copy_rows[_blocks(Q.shape[0])](Q, Q64, 0, cuda.device_array(Q.shape[0], np.int8))
+        _cast_rows[_blocks(Q.shape[0])](Q, Q64)
         Q = Q64
     Nq, kk = Q.shape[0], max(1, int(k))
     best, near = cuda.device_array((Nq, kk)), cuda.device_array((Nq, kk), np.int64)

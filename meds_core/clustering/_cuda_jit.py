@@ -43,11 +43,13 @@ else:
 
 
 @device
-def sq_dist(X, i, j):
-    """Squared euclidean distance between rows i and j of X [N, d] f64, summed in feature order without fused
-    multiply-adds: bit-equal to the CPU engine's ``sq_dists_from`` (and symmetric: (a - b)^2 == (b - a)^2)."""
+def sq_dist(XT, i, j):
+    """Squared euclidean distance between points i and j, the columns of XT [d, N] f64, summed in feature order
+    without fused multiply-adds: bit-equal to the CPU engine's ``sq_dists_from`` (and symmetric: (a - b)^2 ==
+    (b - a)^2). Points are columns so that the threads of a warp, which take consecutive j, read consecutive
+    addresses (coalesced loads)."""
     s = 0.0
-    for k in range(X.shape[1]):
-        t = X[i, k] - X[j, k]
+    for k in range(XT.shape[0]):
+        t = XT[k, i] - XT[k, j]
         s = add(s, mul(t, t))
     return s

@@ -19,56 +19,54 @@ from meds_core.clustering._cuda_jit import THREADS, kernel, sq_dist
 
 
 @kernel
-def prim_kernel(X, offsets, order, core, min_rows, edge_offsets, key, via, done, src, dst, weight_sq):
+def prim_kernel(XT, offsets, order, core, min_rows, edge_offsets, key, via, done, src, dst, weight_sq):
     """MST edges of every packed problem with n >= max(2, min_rows): problem p writes its n - 1 edges at
     edge_offsets[p]: src, dst [E] int64 (rows within the problem; dst joins through src, in joining order),
     weight_sq [E] f64. Launch: one block of ``THREADS`` threads per problem;
     block b runs problem order[b].
 
-    X [N, d] f64, core [N] f64 squared core distances; key [N] f64, via [N] int64, done [N] int8 scratch."""
+    XT [d, N] f64 (points as columns), core [N] f64 squared core distances; key [N] f64, via [N] int64, done [N] int8
+    scratch."""
     p = order[cuda.blockIdx.x]
     a, b = offsets[p], offsets[p + 1]
     n = b - a
     if n < min_rows or n < 2:
         return
     tid, T = cuda.threadIdx.x, cuda.blockDim.x
-    best_key = cuda.shared.array(THREADS, float64)
-    best_row = cuda.shared.array(THREADS, int64)
-    newest = cuda.shared.array(1, int64)
-    for j in range(tid, n, T):
+    # Two buffers for the arg-min, alternating by step: a step's result is read while the next step fills the other
+    # buffer, so one barrier per step plus one per reduction level suffices.
+    best_key = cuda.shared.array((2, THREADS), float64)
+    best_row = cuda.shared.array((2, THREADS), int64)
+    for j in range(tid, n, T):  # thread tid owns rows tid, tid + T, ...: only it reads or writes their entries
         key[a + j] = math.inf
         via[a + j] = 0
         done[a + j] = j == 0  # row 0 is the first tree point
-    if tid == 0:
-        newest[0] = 0
-    cuda.syncthreads()
     e0 = edge_offsets[p]
+    cur = 0
     for it in range(n - 1):
-        cur = newest[0]
+        buf = it & 1
         cur_core = core[a + cur]
         bk, bi = math.inf, n
         for j in range(tid, n, T):
             if done[a + j] == 0:
-                w = max(sq_dist(X, a + cur, a + j), core[a + j], cur_core)
+                w = max(sq_dist(XT, a + cur, a + j), core[a + j], cur_core)
                 if w < key[a + j]:
                     key[a + j] = w
                     via[a + j] = cur
                 kj = key[a + j]
                 if kj < bk or (kj == bk and j < bi):
                     bk, bi = kj, j
-        best_key[tid], best_row[tid] = bk, bi
+        best_key[buf, tid], best_row[buf, tid] = bk, bi
         cuda.syncthreads()
         s = T // 2
         while s > 0:
             if tid < s:
-                ok, oi = best_key[tid + s], best_row[tid + s]
-                if ok < best_key[tid] or (ok == best_key[tid] and oi < best_row[tid]):
-                    best_key[tid], best_row[tid] = ok, oi
+                ok, oi = best_key[buf, tid + s], best_row[buf, tid + s]
+                if ok < best_key[buf, tid] or (ok == best_key[buf, tid] and oi < best_row[buf, tid]):
+                    best_key[buf, tid], best_row[buf, tid] = ok, oi
             cuda.syncthreads()
             s //= 2
-        if tid == 0:
-            nxt = best_row[0]
-            src[e0 + it], dst[e0 + it], weight_sq[e0 + it] = via[a + nxt], nxt, key[a + nxt]
-            done[a + nxt] = 1
-            newest[0] = nxt
-        cuda.syncthreads()
+        cur = best_row[buf, 0]  # every thread: the point that joins now
+        if cur % T == tid:  # its owner records the edge
+            src[e0 + it], dst[e0 + it], weight_sq[e0 + it] = via[a + cur], cur, key[a + cur]
+            done[a + cur] = 1
