@@ -58,13 +58,13 @@ def _as_device(x):
     return x if hasattr(x, "copy_to_host") else cuda.as_cuda_array(x)
 
 
-def _device_pack(arrays: list, offsets: np.ndarray, members: np.ndarray, d: int):
-    """Pack arrays (numpy or CUDA, [n_i, d]) at columns offsets[:-1] of one device array XT [d, N] f64; raise naming
-    the problem (``members``) and row of the first non-finite row."""
-    N = int(offsets[-1])
+def _device_pack(arrays: list, starts: list[int], N: int, d: int, offsets: np.ndarray, members: np.ndarray):
+    """Copy arrays (numpy or CUDA, [n_i, d]) to columns starts[i]: of one device array XT [d, N] f64, one launch each;
+    raise naming the problem (``offsets``, ``members``: the problems' columns and numbers) and row of the first
+    non-finite row."""
     X = cuda.device_array((d, N), dtype=np.float64)
     bad = cuda.device_array(max(N, 1), dtype=np.int8)
-    for a, x in zip(offsets[:-1].tolist(), arrays):
+    for a, x in zip(starts, arrays):
         if len(x):
             src = _as_device(x) if _is_device(x) else cuda.to_device(np.ascontiguousarray(x))
             _copy_rows[_blocks(len(x))](src, X, a, bad)
@@ -79,9 +79,8 @@ def _groups(problems, offsets):
         if _is_device(problems):
             x = _as_device(problems)
             offs = _check_offsets(x.shape, offsets)
-            members = np.arange(len(offs) - 1)
-            pieces = [x[a:b] for a, b in zip(offs[:-1].tolist(), offs[1:].tolist())]
-            return [(_device_pack(pieces, offs, members, x.shape[1]), offs, members)]
+            members = np.arange(len(offs) - 1)  # already packed: one copy for all problems
+            return [(_device_pack([x], [0], x.shape[0], x.shape[1], offs, members), offs, members)]
         X, offs, members = _pack(problems, offsets)[0]
         _raise_if_bad(~np.isfinite(X).all(axis=1), offs, members)
         return [(cuda.to_device(np.ascontiguousarray(X.T)), offs, members)]
@@ -103,7 +102,8 @@ def _groups(problems, offsets):
         members = np.asarray(idx, dtype=np.int64)
         offs = np.zeros(len(idx) + 1, dtype=np.int64)
         np.cumsum([shapes[i][0] for i in idx], out=offs[1:])
-        out.append((_device_pack([problems[i] for i in idx], offs, members, d), offs, members))
+        out.append((_device_pack([problems[i] for i in idx], offs[:-1].tolist(), int(offs[-1]), d, offs, members), offs,
+                    members))
     return out
 
 
