@@ -152,6 +152,16 @@ def test_cluster_batch_and_vote_through_the_cuda_backend():
     assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
 
 
+def test_cluster_batch_auto_keeps_device_problems_on_the_gpu(monkeypatch, caplog):
+    monkeypatch.setattr(_registry, "_LOGGED", set())
+    params = HDBSCANParams(2, 1)
+    on_device = [cuda.to_device(x) for x in BATCH[3:6]]
+    with caplog.at_level(logging.INFO, logger="meds_core.clustering"):
+        got = cluster_batch(on_device, params, "auto")
+    assert same(got, cluster_batch(BATCH[3:6], params, "numba"))
+    assert "'auto' -> 'cuda': the features are on a GPU" in caplog.text
+
+
 def test_gpu_failure_falls_back_to_the_cpu_engine_with_one_warning(monkeypatch):
     from numba.cuda.cudadrv.driver import CudaAPIError
 
@@ -165,6 +175,8 @@ def test_gpu_failure_falls_back_to_the_cpu_engine_with_one_warning(monkeypatch):
                                                 r"ran on the CPU engine") as record:
         got = run(BATCH[3:], params)
     assert len(record) == 1 and same(got, hdbscan_batch(BATCH[3:], 3, 1))
+    with pytest.warns(GPUFallbackWarning):  # device problems are brought to the host for the CPU engine
+        assert same(run([cuda.to_device(x) for x in BATCH[3:5]], params), hdbscan_batch(BATCH[3:5], 3, 1))
     monkeypatch.setattr(_cuda_engine, "knn_vote_kernel", None)  # a launch that fails: 'NoneType' is not subscriptable
     stored, labels, Q, counts = _votes_case(1)
     with pytest.raises(TypeError):  # not a GPU failure: a bug surfaces instead of hiding behind the fallback

@@ -94,6 +94,17 @@ def run_with_fallback(what: str, gpu: Callable[[], T], cpu: Callable[[], T]) -> 
         return cpu()
 
 
+def _on_host(x):
+    """x as a numpy array (device arrays and tensors copied to the host)."""
+    if hasattr(x, "copy_to_host"):
+        return x.copy_to_host()
+    if hasattr(x, "__cuda_array_interface__"):
+        from numba import cuda
+
+        return cuda.as_cuda_array(x).copy_to_host()
+    return x
+
+
 def _cuda_factory():
     """The ``cuda`` backend: :func:`hdbscan_batch_cuda`, falling back to the CPU engine on a GPU failure."""
     if importlib.util.find_spec("numba_cuda") is None:
@@ -105,7 +116,7 @@ def _cuda_factory():
     def run(problems, params) -> list:
         kwargs = params._asdict()
         return run_with_fallback("clustering", lambda: hdbscan_batch_cuda(problems, **kwargs),
-                                 lambda: hdbscan_batch(problems, **kwargs))
+                                 lambda: hdbscan_batch([_on_host(x) for x in problems], **kwargs))
 
     return run
 
