@@ -52,6 +52,18 @@ def _machine() -> dict:
     return info
 
 
+def _check_api(module: str, names: list[str]) -> None:
+    """A dry run's check that the benchmark code a GPU part calls still exists (so the suite cannot rot)."""
+    import importlib
+
+    sys.path.insert(0, HERE)
+    mod = importlib.import_module(module)
+    missing = [n for n in names if not hasattr(mod, n)]
+    if missing:
+        raise SystemExit(f"{module} lacks {missing}: update benchmarks/gpu_bench.py")
+    say(f"{module}: {', '.join(names)} present")
+
+
 def _write(out_dir: str, name: str, data: dict, md: str) -> None:
     os.makedirs(out_dir, exist_ok=True)
     base = os.path.join(out_dir, f"{name}_gpu")
@@ -116,7 +128,8 @@ def clustering(args) -> None:
             row["identical_problems"] = int(sum(np.array_equal(a, b) for a, b in zip(labels, cpu_labels)))
             row["cuda_ms"] = _median_ms(lambda Xd=Xd, o=offsets: hdbscan_batch_cuda(Xd, 2, 1, offsets=o), args.reps,
                                         cuda.synchronize)
-            row["cuda_device_ms"] = _median_ms(lambda Xd=Xd, o=offsets: _device_mst(Xd, o, 1, 2), args.reps,
+            XT = cuda.to_device(np.ascontiguousarray(X.T))  # the device stages' layout: points as columns
+            row["cuda_device_ms"] = _median_ms(lambda XT=XT, o=offsets: _device_mst(XT, o, 1, 2), args.reps,
                                                cuda.synchronize)
             row["cuda_tree_ms"] = row["cuda_ms"] - row["cuda_device_ms"]
             row["speedup_vs_cpu"] = row["cpu_ms"] / row["cuda_ms"]
@@ -162,6 +175,7 @@ def capture(args) -> None:
     if args.dry_run:
         say("capture: would time the fused gather kernel against a device copy's bandwidth and the capture inside "
             "bf16 forwards of Qwen2.5-1.5B/7B-shaped random models at seq 4096 (needs CUDA)")
+        _check_api("feature_capture", ["memory_bandwidth", "kernel_rows", "forward_rows", "report", "GPU_MODELS"])
         return
     import torch
 
@@ -194,6 +208,13 @@ def trl(args) -> None:
     if args.dry_run:
         say(f"trl: would run {args.trl_steps} TRL GRPO steps (+2 warm-up) plain and with MEDS on the GPU, tiny random "
             "Qwen2 on the toy task, extra-forward and reuse paths")
+        _check_api("trl_step_overhead", ["build", "run", "WARMUP"])
+        import inspect
+
+        import trl_step_overhead
+
+        if "device" not in inspect.signature(trl_step_overhead.run).parameters:
+            raise SystemExit("trl_step_overhead.run() takes no device: update benchmarks/gpu_bench.py")
         return
     import logging
     import warnings

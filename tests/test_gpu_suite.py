@@ -22,7 +22,8 @@ def test_dry_run_prints_the_plan_and_runs_the_cpu_side(tmp_path):
     res = _run("--dry-run", out=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     for step in ("1 wheels", "2 build: MEDS_FORCE_CUDA=1", "3 tests", "test_verl_capture_gpu.py", "4 clustering",
-                 "5 capture", "6 trl", "capture: would time", "trl: would run", "dry run done"):
+                 "5 capture", "6 trl", "capture: would time", "trl: would run", "feature_capture: memory_bandwidth",
+                 "trl_step_overhead: build, run, WARMUP present", "dry run done"):
         assert step in res.stdout, step
     data = json.loads((tmp_path / "benchmarks" / "results" / "clustering_gpu.json").read_text())
     assert data["dry_run"] and data["rows"] and data["rows"][0]["cpu_ms"] > 0
