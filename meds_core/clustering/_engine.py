@@ -101,8 +101,9 @@ def _balanced_order(offsets: np.ndarray, threads: int) -> np.ndarray:
 
 def _check_backend(backend: str) -> None:
     if backend not in ("auto", "numba"):
-        raise ValueError(f"hdbscan_batch backend={backend!r}; use 'auto' or 'numba' (the CPU engine). For the "
-                         "library loops use meds_core.clustering.cluster_batch(..., backend='hdbscan').")
+        raise ValueError(f"hdbscan_batch backend={backend!r}; use 'auto' or 'numba' (the CPU engine). For the GPU "
+                         "engine or the library loops use meds_core.clustering.cluster_batch(..., backend='cuda') or "
+                         "(..., backend='hdbscan').")
 
 
 def hdbscan_batch(problems: Sequence[np.ndarray] | np.ndarray, min_cluster_size: int = 5,
