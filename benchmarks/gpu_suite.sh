@@ -23,7 +23,7 @@ BUDGET_S="${MEDS_GPU_SUITE_BUDGET_S:-480}"   # whole suite, build included
 # pandas, scikit-learn): one version each, no dependencies beyond these.
 WHEELS=(trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 hdbscan==0.8.44 math-verify==0.9.0
         latex2sympy2_extended==1.11.0 antlr4-python3-runtime==4.13.2)
-TESTS=(tests/test_native.py tests/test_capture.py tests/test_cuda_clustering.py tests/test_verl_capture_gpu.py)
+TESTS=(tests/test_native.py tests/test_capture_gpu.py tests/test_cuda_clustering.py tests/test_verl_capture_gpu.py)
 
 DRY=0
 FETCH=0
