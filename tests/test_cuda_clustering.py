@@ -221,6 +221,21 @@ def test_cuda_status_reports_what_it_sees():
     assert status["device"] and status["reason"]
 
 
+def test_without_numba_cuda_the_backend_says_how_to_install_it(monkeypatch):
+    real = _gpu.importlib.util.find_spec
+    monkeypatch.setattr(_gpu, "_STATUS", [])  # a fresh cache, restored afterwards
+    monkeypatch.setattr(_gpu.importlib.util, "find_spec", lambda name: None if name == "numba_cuda" else real(name))
+    status = cuda_status()
+    assert not status["usable"] and status["numba_cuda"] is None
+    assert status["reason"] == "numba-cuda is not installed (pip install 'meds_core[cuda]' or pip install numba-cuda)"
+    with pytest.raises(ImportError, match=r"backend 'cuda' needs numba-cuda: pip install 'meds_core\[cuda\]'"):
+        _registry._FACTORIES["cuda"]()
+    monkeypatch.setattr(_registry, "_LOGGED", set())
+    assert resolve_backend("auto", cuda.to_device(np.zeros((2, 3)))) == "numba"
+    monkeypatch.undo()
+    assert cuda_status()["usable"]
+
+
 def test_import_meds_core_never_imports_numba_cuda():
     code = ("import sys, importlib.abc\n"
             "class Block(importlib.abc.MetaPathFinder):\n"
