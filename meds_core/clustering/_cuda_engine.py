@@ -123,7 +123,6 @@ def _device_mst(XT, offsets: np.ndarray, min_samples: int, min_rows: int):
     M = max(1, min(min_samples, int(n.max()) - 1))
     K, core = cuda.device_array((M, N)), cuda.device_array(N)
     core_distances_kernel[P, THREADS](XT, d_offsets, order, min_samples, min_rows, K, core)
-    del K
     key, via, done = cuda.device_array(N), cuda.device_array(N, np.int64), cuda.device_array(N, np.int8)
     src, dst, w = cuda.device_array(E, np.int64), cuda.device_array(E, np.int64), cuda.device_array(E)
     prim_kernel[P, THREADS](XT, d_offsets, order, core, min_rows, cuda.to_device(edge_offsets), key, via, done,
@@ -182,8 +181,10 @@ def knn_vote_packed_cuda(stored: Sequence[np.ndarray], stored_labels: Sequence[n
     labels = np.concatenate(stored_labels).astype(np.int64, copy=False)
     s_off = np.zeros(len(stored) + 1, dtype=np.int64)
     np.cumsum([len(s) for s in stored], out=s_off[1:])
-    Q = _as_device(queries) if _is_device(queries) else cuda.to_device(np.ascontiguousarray(queries,
-                                                                                                     np.float64))
+    if _is_device(queries):
+        Q = _as_device(queries)
+    else:
+        Q = cuda.to_device(np.ascontiguousarray(queries, dtype=np.float64))
     if Q.dtype != np.float64:
         Q64 = cuda.device_array(Q.shape, np.float64)
         _cast_rows[_blocks(Q.shape[0])](Q, Q64)
