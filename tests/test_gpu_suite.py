@@ -1,12 +1,11 @@
 """benchmarks/gpu_suite.sh cannot rot: its dry run prints the whole plan and runs the CPU-side parts (the clustering
 benchmark at a small size, the cuda engine on numba's CUDA simulator), and bad arguments exit 2 with one line."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
-
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITE = os.path.join(ROOT, "benchmarks", "gpu_suite.sh")
@@ -18,7 +17,6 @@ def _run(*args, out=None):
 
 
 def test_dry_run_prints_the_plan_and_runs_the_cpu_side(tmp_path):
-    pytest.importorskip("numba_cuda")
     res = _run("--dry-run", out=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
     for step in ("1 wheels", "2 build: MEDS_FORCE_CUDA=1", "3 tests", "test_verl_capture_gpu.py", "4 clustering",
@@ -28,7 +26,8 @@ def test_dry_run_prints_the_plan_and_runs_the_cpu_side(tmp_path):
     data = json.loads((tmp_path / "benchmarks" / "results" / "clustering_gpu.json").read_text())
     assert data["dry_run"] and data["rows"] and data["rows"][0]["cpu_ms"] > 0
     row = data["rows"][0]
-    assert row["identical_problems"] == row["P"]  # the cuda engine ran (simulator) and matched the CPU engine
+    if importlib.util.find_spec("numba_cuda") is not None:  # the cuda engine ran (simulator), same labels as the CPU
+        assert row["identical_problems"] == row["P"]
     md = (tmp_path / "benchmarks" / "results" / "clustering_gpu.md").read_text()
     assert md.startswith("# Batched clustering step on the GPU") and "DRY RUN" in md
     assert "dry run done" in (tmp_path / "gpu_suite.log").read_text()
