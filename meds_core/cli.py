@@ -146,12 +146,20 @@ def _check_eval(args: argparse.Namespace) -> None:
 def _run_eval(args: argparse.Namespace) -> int:
     from meds_core.evaluation import evaluate, results_markdown
 
-    report = evaluate(args.model, args.data, args.out, n=args.n, max_new_tokens=args.max_new_tokens,
-                      temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, template=args.template,
-                      response_prefix=args.response_prefix, engine=args.engine, grader=args.grader, seed=args.seed,
-                      batch_size=args.batch_size, features=not args.no_features, feature_layers=args.feature_layers,
-                      limit=args.limit, device=args.device, gpu_memory_utilization=args.gpu_memory_utilization,
-                      max_model_len=args.max_model_len, verbose=not args.quiet)
+    try:
+        report = evaluate(args.model, args.data, args.out, n=args.n, max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, template=args.template,
+                          response_prefix=args.response_prefix, engine=args.engine, grader=args.grader,
+                          seed=args.seed, batch_size=args.batch_size, features=not args.no_features,
+                          feature_layers=args.feature_layers, limit=args.limit, device=args.device,
+                          gpu_memory_utilization=args.gpu_memory_utilization, max_model_len=args.max_model_len,
+                          verbose=not args.quiet)
+    except OSError as exc:
+        if os.path.isdir(args.model):
+            raise
+        raise UserError(f"model {args.model!r} is not a local folder, and loading it as a Hugging Face hub id failed "
+                        f"({_one_line(exc)}); pass a folder written by save_pretrained, or check the id and the "
+                        "connection.") from exc
     print(results_markdown(report))
     print(f"wrote {args.out}/results.json and {args.out}/results.md")
     return 0

@@ -190,3 +190,17 @@ def test_documented_outputs_are_git_ignored():
              "verl_cpu_out/x"]
     res = subprocess.run(["git", "check-ignore", *names], cwd=root, capture_output=True, text=True)
     assert sorted(res.stdout.split()) == sorted(names)
+
+
+def test_a_hub_id_that_cannot_be_loaded_says_it_is_not_a_local_folder(tmp_path):
+    import os
+
+    pytest.importorskip("transformers")
+    data = tmp_path / "p.jsonl"
+    data.write_text('{"problem": "1+2=", "answer": "3"}\n')
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # no network: the hub lookup fails at once, without retries
+    res = subprocess.run([sys.executable, "-m", "meds_core", "eval", "no-such-org/no-such-model", str(data), "--out",
+                          str(tmp_path / "o")], capture_output=True, text=True, env=env)
+    assert_one_line_error(res.returncode, res.stderr, "eval", "'no-such-org/no-such-model' is not a local folder",
+                          "hub id")
+    assert not (tmp_path / "o").exists()
