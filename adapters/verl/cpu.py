@@ -20,9 +20,9 @@ CPU platform selected, :func:`register` wraps ``torch.distributed.init_process_g
 ``device:backend`` pair that names the same backend (``cpu:gloo,cpu:gloo`` -> ``cpu:gloo``); any other backend string,
 a conflicting one included, reaches torch unchanged.
 
-Sampling is seeded per request when ``actor_rollout_ref.rollout.full_determinism=True`` (veRL then names each
-request after the sample's place in the batch): seed = hash(rollout seed, global step, request id, prompt ids), so
-a run and its resumed continuation sample the same rollouts.
+Sampling is seeded per request when ``actor_rollout_ref.rollout.full_determinism=True``: seed = hash(rollout seed,
+global step, veRL's deterministic request id, prompt ids, k) where k counts earlier identical requests of the step
+(the samples of one group share a request id), so a run and its resumed continuation sample the same rollouts.
 
 Import this module in every veRL process with ``VERL_USE_EXTERNAL_MODULES=meds_core.adapters.verl.cpu`` (veRL
 imports it at ``import verl``) and set ``VERL_PLATFORM=cpu``; ``run_meds_cpu.sh`` does both. Not for speed: a toy
@@ -248,6 +248,7 @@ class HFServer:
         self.deterministic = bool(deterministic)
         self.global_steps = 0
         self._lock = asyncio.Lock()
+        self._seen: dict[tuple, int] = {}  # (step, request id, prompt) -> requests served: the k-th gets seed k
 
     def load_weights(self, state: dict[str, torch.Tensor], global_steps: int | None) -> int:
         """Load the actor's full weights (HF names, any float dtype); returns the number of tensors loaded."""
@@ -259,8 +260,13 @@ class HFServer:
             for name, value in state.items():
                 own[name].copy_(value.to(own[name].dtype))
         if global_steps is not None:
-            self.global_steps = int(global_steps)
+            self._set_step(global_steps)
         return len(state)
+
+    def _set_step(self, global_steps: int) -> None:
+        if int(global_steps) != self.global_steps:
+            self._seen.clear()
+        self.global_steps = int(global_steps)
 
     async def generate(self, request_id: str, *, prompt_ids: list[int], sampling_params: dict[str, Any],
                        **_ignored: Any) -> TokenOutput:
@@ -277,7 +283,14 @@ class HFServer:
                       self.response_length)
         gen = None
         if self.deterministic:
-            gen = torch.Generator().manual_seed(_sample_seed(self.seed, self.global_steps, request_id, prompt_ids))
+            # veRL's deterministic request id ("det-<priority>") can repeat across a group's samples: count the
+            # repeats, so the k-th identical request of a step gets its own seed (samples of one prompt are
+            # exchangeable, so the group's set of responses does not depend on the order they arrive in)
+            key = (self.global_steps, request_id, tuple(prompt_ids))
+            k = self._seen.get(key, 0)
+            self._seen[key] = k + 1
+            gen = torch.Generator().manual_seed(
+                _sample_seed(self.seed, self.global_steps, f"{request_id}#{k}", prompt_ids))
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         ids = torch.tensor([prompt_ids])
@@ -315,7 +328,7 @@ class HFServer:
 
     # veRL's replica control surface: nothing to free or resume on CPU
     async def set_global_steps(self, global_steps: int):
-        self.global_steps = int(global_steps)
+        self._set_step(global_steps)
 
     async def wake_up(self, tags: list[str] | None = None):
         return None

@@ -5,8 +5,9 @@ downloaded.
   ``prepare_data.py`` writes (chat ``prompt`` with the recipe's instruction line, ``reward_model.ground_truth``,
   ``extra_info.index``, ``data_source="math_dapo"`` so veRL's own math reward scores it and reports ``acc``).
 * **Tokenizer**: the demo's word-level tokenizer (every number one token, ``\\boxed{`` one token) plus the
-  instruction's words, with a chat template that joins the messages' contents, and a decoder that joins tokens
-  without spaces, so a response decodes as ``\\boxed{12}`` (what veRL's ``math_dapo`` grader accepts).
+  instruction's words and a one-token newline, with a chat template that joins the messages' contents, and a
+  decoder that joins tokens without spaces, so a response decodes as ``\\boxed{12}`` (which veRL's ``math_dapo``
+  grader accepts).
 * **Policy**: the demo's tiny Qwen2 (hidden 64, 4 layers), warm-started for a few seconds so that each problem is
   answered ``\\boxed{N}`` correctly about a third of the time and three systematic wrong answers
   otherwise: groups are mixed, so GRPO has signal and MEDS has error modes to remember.
@@ -14,7 +15,7 @@ downloaded.
 ``python -m meds_core.adapters.verl.cpu_assets --out DIR`` writes ``DIR/model/``, ``DIR/tokenizer/``,
 ``DIR/train.parquet`` and
 ``DIR/val.parquet``. ``--broken-index`` writes a training set without ``extra_info.index`` (for the start-up check);
-``--hopeless N`` makes the first N training problems ones the policy (almost) never solves, so that with
+``--hopeless N`` gives the first N training problems a reference answer the policy cannot write, so that with
 ``data.shuffle=False`` the first generated batch is entirely filtered out by dynamic sampling.
 """
 
@@ -32,14 +33,15 @@ from .prepare_data import INSTRUCTION, _row, write_parquet
 __all__ = ["CHAT_TEMPLATE", "build_assets", "main"]
 
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }}\n{% endfor %}"
-P_CORRECT = (0.35, 0.6)  # per-problem probability of the correct answer after the warm start
+P_CORRECT = (0.45, 0.7)  # per-problem probability of the correct answer after the warm start
+UNREACHABLE = "-1"  # reference answer of a hopeless problem: the toy policy has no token for it
 
 
 def _content(a: int, b: int) -> str:
     return f"{prompt_text(a, b)}\n{INSTRUCTION}"
 
 
-def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, warm_steps: int = 60,
+def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, warm_steps: int = 80,
                  drop_index: bool = False, hopeless: int = 0) -> dict[str, Any]:
     """Write the model folder and the two parquet files under ``out``; returns their paths and the warm-start log.
 
@@ -56,29 +58,25 @@ def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, war
     drop_index : bool
         Write the training rows without ``extra_info.index`` (the mistake ``main_meds`` refuses to train on).
     hopeless : int
-        The first ``hopeless`` training problems get no probability mass on their correct answer beyond the warm
-        start's noise: every rollout of theirs is wrong, so dynamic sampling filters their groups out.
+        The first ``hopeless`` training problems get the reference answer ``-1``, which the toy policy cannot write:
+        every rollout of theirs is wrong, so dynamic sampling filters their groups out.
     """
-    import numpy as np
     import torch
 
     torch.manual_seed(seed)
-    from tokenizers import decoders
+    from tokenizers import AddedToken, decoders
 
     task = make_task(n_train=n_train, n_held=n_val, seed=seed)
     task.vocab = task.vocab + sorted(set(INSTRUCTION.split()) - set(task.vocab))
     tokenizer = build_tokenizer(task)
     tokenizer.backend_tokenizer.decoder = decoders.Fuse()
     tokenizer.chat_template = CHAT_TEMPLATE
+    # veRL's Qwen token builder (agent loop) needs "\n" to be exactly one token, as in Qwen's own tokenizer
+    tokenizer.add_tokens([AddedToken("\n", normalized=False, special=False)])
     model = build_model(tokenizer, seed=seed)
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": _content(a, b)}], tokenize=False)
              for a, b in task.pairs]
     mixtures = answer_mixtures(task, p_correct=P_CORRECT, seed=seed)
-    for a, b in task.train[:hopeless]:
-        row = mixtures[task.pairs.index((a, b))]
-        wrong = int(np.argmax(np.where(np.arange(row.size) == a + b, -1.0, row)))
-        row[wrong] += row[a + b] - row.min()
-        row[a + b] = row.min()
     log = warm_start(model, tokenizer, task, mixtures, steps=warm_steps, samples_per_prompt=2, seed=seed, prompts=texts)
     model_dir, tokenizer_dir = os.path.join(out, "model"), os.path.join(out, "tokenizer")
     model.save_pretrained(model_dir)
@@ -88,7 +86,8 @@ def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, war
     def rows(pairs, split, data_source):
         out_rows = []
         for i, (a, b) in enumerate(pairs):
-            row = _row(prompt_text(a, b), str(a + b), "toy_arithmetic", data_source, split, i)
+            answer = UNREACHABLE if split == "train" and i < hopeless else str(a + b)
+            row = _row(prompt_text(a, b), answer, "toy_arithmetic", data_source, split, i)
             if drop_index:
                 del row["extra_info"]["index"]
             out_rows.append(row)

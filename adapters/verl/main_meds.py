@@ -20,7 +20,7 @@ from verl.trainer.ppo.utils import need_critic, need_reference_policy  # noqa: E
 from verl.utils.config import validate_config  # noqa: E402
 from verl.utils.device import auto_set_device  # noqa: E402
 
-from .settings import check_verl_config  # noqa: E402
+from .settings import TrainerSettings, check_prompt_ids, check_verl_config  # noqa: E402
 
 __all__ = ["MEDSTaskRunner", "main", "prepare_config"]
 
@@ -56,9 +56,11 @@ class MEDSTaskRunner(TaskRunnerV1.__ray_actor_class__):
 
 
 def prepare_config(config) -> None:
-    """Start-up checks: MEDS's (:func:`check_verl_config`) then veRL's ``validate_config``. Raises on any problem."""
+    """Start-up checks: MEDS's (:func:`check_verl_config`, :func:`check_prompt_ids` on the training files) then
+    veRL's ``validate_config``. Raises on any problem."""
     auto_set_device(config)
     check_verl_config(config)
+    check_prompt_ids(config.data.train_files, TrainerSettings.from_node(config.get("meds_trainer", None)).prompt_key)
     validate_config(config=config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
 
 

@@ -4,7 +4,8 @@
 # a laptop before renting GPUs. Run from the repo root in the veRL environment:
 #   bash adapters/verl/run_meds_cpu.sh [extra hydra overrides]
 # Writes under ${MEDS_CPU_OUT:-verl_cpu_out}: assets/ (model, parquet files), global_step_*/ checkpoints (each with
-# meds_memory.bin) and metrics.jsonl (veRL's file logger; the console shows the same metrics).
+# meds_memory.bin) and metrics-run<k>.jsonl (veRL's file logger, one file per run; the console shows the same metrics).
+# MEDS_CPU_ASSETS=DIR takes the model and data from DIR (built there once if missing) instead of $OUT/assets.
 # MEDS_CPU_BASELINE=1 runs run_dapo.sh (the recipe without MEDS) instead. MEDS_CPU_WORKERS=2 trains with two
 # data-parallel actor workers (gloo). Resuming: run it again; trainer.resume_mode=auto picks the latest checkpoint.
 set -euo pipefail
@@ -12,32 +13,35 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 OUT="${MEDS_CPU_OUT:-verl_cpu_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-ASSETS="$OUT/assets"
+ASSETS="${MEDS_CPU_ASSETS:-$OUT/assets}"
 [[ -f "$ASSETS/train.parquet" ]] || python3 -m meds_core.adapters.verl.cpu_assets --out "$ASSETS"
 
 WORKERS=${MEDS_CPU_WORKERS:-1}
 export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=meds_core.adapters.verl.cpu
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false RAY_DEDUP_LOGS=0
-export VERL_FILE_LOGGER_PATH="${VERL_FILE_LOGGER_PATH:-$OUT/metrics.jsonl}"
+# veRL's file logger truncates its file: each run (a resumed one too) logs to a file of its own
+runs=$(find "$OUT" -maxdepth 1 -name 'metrics-run*.jsonl' | wc -l)
+export VERL_FILE_LOGGER_PATH="${VERL_FILE_LOGGER_PATH:-$OUT/metrics-run$((runs + 1)).jsonl}"
 export MODEL_PATH="${MODEL_PATH:-$ASSETS/model}" TRAIN_FILE="${TRAIN_FILE:-$ASSETS/train.parquet}"
 export TEST_FILE="${TEST_FILE:-$ASSETS/val.parquet}" CKPTS_DIR="$OUT"
 
 prompt_len=24
 response_len=8
-tokens=$(( (prompt_len + response_len) * 16 ))
+tokens=$(( (prompt_len + response_len) * 16 ))   # one group per micro-batch
 CPU_ARGS=(
-  # sizes: 4 problems x 4 rollouts per step, 4 steps, one policy update per step
+  # sizes: 4 problems x 16 rollouts per step (the recipe's n), 4 steps, one policy update per step
   data.max_prompt_length=${prompt_len}
   data.max_response_length=${response_len}
   data.train_batch_size=4
   data.val_batch_size=8
-  actor_rollout_ref.rollout.n=4
+  actor_rollout_ref.rollout.n=16
   actor_rollout_ref.actor.ppo_mini_batch_size=4
   actor_rollout_ref.actor.ppo_max_token_len_per_gpu=${tokens}
   actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu=${tokens}
   actor_rollout_ref.ref.log_prob_max_token_len_per_gpu=${tokens}
   actor_rollout_ref.rollout.max_num_batched_tokens=${tokens}
   actor_rollout_ref.rollout.val_kwargs.n=1
+  algorithm.filter_groups.max_inflight_gen_batches=1
   reward.reward_kwargs.max_resp_len=${response_len}
   reward.reward_kwargs.overlong_buffer_cfg.len=2
   actor_rollout_ref.actor.optim.lr=1e-4
@@ -45,7 +49,7 @@ CPU_ARGS=(
   actor_rollout_ref.model.enable_gradient_checkpointing=False
   actor_rollout_ref.model.tokenizer_path="$ASSETS/tokenizer"
   trainer.total_training_steps=4
-  trainer.total_epochs=1
+  trainer.total_epochs=100
   trainer.save_freq=2
   trainer.test_freq=-1
   trainer.val_before_train=False

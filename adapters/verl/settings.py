@@ -16,7 +16,7 @@ from typing import Any
 
 from meds_core.config import MEDSConfig
 
-__all__ = ["TrainerSettings", "check_verl_config", "meds_config"]
+__all__ = ["TrainerSettings", "check_prompt_ids", "check_verl_config", "meds_config"]
 
 
 def _plain(node: Any) -> dict:
@@ -103,3 +103,41 @@ def check_verl_config(cfg: Any) -> MEDSConfig:
         raise ValueError(f"actor_rollout_ref.actor.strategy={strategy!r}; MEDS capture supports the FSDP engines "
                          "('fsdp', 'fsdp2').")
     return config
+
+
+def check_prompt_ids(files: Any, prompt_key: str = "index") -> int:
+    """Check, before Ray starts, that every training row carries the stable prompt id MEDS keys its memory on.
+
+    With the default ``meds_trainer.prompt_key=index``, each row of each local parquet in ``files`` (a path or a
+    list of paths, ``data.train_files``) must hold a distinct ``extra_info.index`` (``prepare_data.py`` writes one).
+    Without it veRL fills 0 for every row and all prompts would share one memory. Remote paths (``hdfs://``...) are
+    skipped. Returns the number of rows checked; raises ValueError naming the file, the rows and the fix.
+    """
+    import os
+
+    if prompt_key != "index":
+        return 0
+    paths = [files] if isinstance(files, str) else list(files or [])
+    checked = 0
+    for path in paths:
+        path = str(path)
+        if "://" in path or not os.path.isfile(path):
+            continue
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, columns=None)
+        fix = ("give each row a stable, distinct extra_info.index (prepare_data.py writes one), or set "
+               "meds_trainer.prompt_key=raw_prompt to key the memory on the prompt text.")
+        if "extra_info" not in table.column_names:
+            raise ValueError(f"{path}: no extra_info column, so no stable prompt id for MEDS; {fix}")
+        infos = table.column("extra_info").to_pylist()
+        missing = [i for i, info in enumerate(infos) if not isinstance(info, dict) or info.get("index") is None]
+        if missing:
+            raise ValueError(f"{path}: {len(missing)} of {len(infos)} rows have no extra_info.index (first: row "
+                             f"{missing[0]}); {fix}")
+        ids = [info["index"] for info in infos]
+        if len(set(map(str, ids))) != len(ids):
+            raise ValueError(f"{path}: extra_info.index repeats ({len(ids) - len(set(map(str, ids)))} duplicates), "
+                             f"so different prompts would share one MEDS memory; {fix}")
+        checked += len(ids)
+    return checked
