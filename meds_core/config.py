@@ -85,6 +85,13 @@ class MEDSConfig:
                           "oldest rows beyond the cap are dropped, then the memory is re-clustered, so labels always "
                           "describe exactly the rows kept."},
     )
+    max_total_rows: int = field(
+        default=8_000_000,
+        metadata={"help": "Budget of rows over all memories. After a step, while more rows are stored, the least "
+                          "recently visited prompt is evicted whole (both correctness memories); prompts of the "
+                          "current step are never evicted. RAM is about max_total_rows * (4 * F + 4) * 1.5 bytes "
+                          "(float32 rows, int32 labels, growth room)."},
+    )
     backend: str = field(
         default="auto",
         metadata={"help": "Clustering backend: 'auto' or a registered name (see "
@@ -117,6 +124,7 @@ class MEDSConfig:
         self._check_int("min_samples", 1)
         self._check_int("knn_k", 1)
         self._check_int("max_rows_per_memory", 1)
+        self._check_int("max_total_rows", 1)
         for name in ("use_layer_diff", "l2_normalize", "mixed_groups_only"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MEDSConfig.{name}={getattr(self, name)!r} must be True or False.")
