@@ -25,7 +25,7 @@ import numpy as np
 from meds_core._arrays import correctness_groups, to_numpy
 from meds_core._memory_check import FORMAT_VERSION, MemoryFileError, check_state, settings_mismatch
 from meds_core._memory_io import read_state, write_state
-from meds_core.clustering import HDBSCANParams, cluster_batch, resolve_backend
+from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
 from meds_core.clustering._batch import needs_backend
 from meds_core.clustering._knn import knn_vote_packed, knn_vote_packed_numba
 from meds_core.config import MEDSConfig
@@ -148,6 +148,8 @@ class ErrorMemory:
     def __init__(self, config: MEDSConfig | None = None):
         self.config = config if config is not None else MEDSConfig()
         self._backend = resolve_backend(self.config.backend)
+        if self.config.cluster_method != "single":
+            get_backend(self._backend)  # import its library now: a missing one fails here, not at the first step
         self._params = HDBSCANParams(self.config.min_cluster_size, self.config.min_samples)
         self._slots: dict[tuple[Key, int], _Slot] = {}
         self._dim: int | None = None
@@ -235,6 +237,9 @@ class ErrorMemory:
 
     def _check_inputs(self, keys: Any, features: Any, correct: Any) -> tuple[list[Key], np.ndarray, np.ndarray]:
         """Validated keys (len B), features [B, F] float32 and groups [B] int8 (F as stored, if any)."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError(f"keys is one {type(keys).__name__} ({keys[:40]!r}); pass a sequence with one prompt key "
+                            "per rollout, e.g. [key] * B.")
         keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)  # numpy array or tensor of ids
         B = len(keys)
         feats = to_numpy(features, "features")
@@ -244,6 +249,9 @@ class ErrorMemory:
             raise ValueError(f"features has shape {feats.shape}; expected ({B}, F): one row per key.")
         if B and not np.issubdtype(feats.dtype, np.floating):
             raise ValueError(f"features has dtype {feats.dtype}; pass floating-point features.")
+        if B and feats.shape[1] == 0:
+            raise ValueError(f"features has shape {feats.shape}: 0 features per rollout; pass at least one column "
+                             "(use_last_n_layers values).")
         groups = correctness_groups(correct, B)
         if not set(map(type, keys)) <= {str, int}:
             keys = [_normalize_key(k) for k in keys]
