@@ -14,6 +14,7 @@ import numpy as np
 __all__ = ["FEATURE_FIELDS", "FORMAT_VERSION", "MemoryFileError", "check_state", "settings_mismatch"]
 
 FORMAT_VERSION = 1
+_CHUNK = 1 << 20  # rows per finiteness check: bounded scratch memory
 # Settings that decide what a stored row means (the feature) or how rows are labelled: a saved state loads only
 # under equal values unless the caller passes strict=False.
 FEATURE_FIELDS = ("use_last_n_layers", "use_layer_diff", "final_norm", "answer_marker", "l2_normalize")
@@ -139,8 +140,10 @@ def check_state(state: Any, source: str = "memory state") -> dict[str, Any]:
         raise _fail(source, "labels", int(labels.min() if labels.min() < -1 else labels.max()),
                     "cluster labels >= -1 (noise) that fit int32")
     rows = rows.astype(np.float32, copy=False)
-    if total and not np.isfinite(rows).all():
-        bad = int(np.flatnonzero(~np.isfinite(rows).all(axis=1))[0])
+    finite = np.concatenate([np.isfinite(rows[a:a + _CHUNK].sum(axis=1, dtype=np.float64))
+                             for a in range(0, total, _CHUNK)]) if total else np.ones(0, bool)
+    if not finite.all():  # a float64 row sum is non-finite exactly when a float32 value is NaN or inf
+        bad = int(np.flatnonzero(~finite)[0])
         raise _fail(source, "rows", f"<non-finite value in row {bad}>", "finite features (non-finite rows are "
                     "never stored)")
     return {"format_version": FORMAT_VERSION, "config": config.to_dict(), "dim": dim, "step": step, "keys": keys,

@@ -64,6 +64,7 @@ def write_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
         "arrays": {"rows": [list(rows.shape), rows.nbytes], "labels": [list(labels.shape), labels.nbytes]},
     }
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    head += b" " * (-(_PREFIX.size + len(head)) % 16)  # JSON ignores trailing spaces; the arrays start aligned
     prefix = _PREFIX.pack(MAGIC, FILE_VERSION, len(head))
     digest = hashlib.sha256(prefix)
     for part in (head, rows.data, labels.data):
@@ -113,7 +114,9 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
     path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            data = bytearray(os.fstat(f.fileno()).st_size)  # read into a writable buffer: the arrays view it
+            size = f.readinto(data)
+        del data[size:]
     except FileNotFoundError as exc:
         raise MemoryFileError(f"{path!r} does not exist; pass the path of a file written by ErrorMemory.save().") \
             from exc
@@ -132,7 +135,7 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
                               f"({FILE_VERSION}); upgrade meds_core.")
     if version < 1:
         raise MemoryFileError(f"{path!r} has file version {version}; this meds_core reads versions 1..{FILE_VERSION}.")
-    body, digest = memoryview(data)[:-_DIGEST], data[-_DIGEST:]
+    body, digest = memoryview(data)[:-_DIGEST], bytes(data[-_DIGEST:])
     if hashlib.sha256(body).digest() != digest:
         raise MemoryFileError(f"{path!r} is corrupt or truncated (SHA-256 checksum mismatch); restore it from "
                               "another checkpoint.")
@@ -160,11 +163,13 @@ def read_state(path: str | os.PathLike) -> dict[str, Any]:
                               f"{len(body) - start} after the header.")
     rows = np.frombuffer(data, dtype="<f4", count=rows_nbytes // 4, offset=start).reshape(rows_shape)
     labels = np.frombuffer(data, dtype="<i4", count=lab_nbytes // 4, offset=start + rows_nbytes)
+    if start % 4:  # a file without the alignment padding: copy into aligned arrays
+        rows, labels = rows.copy(), labels.copy()
     state = {name: header.get(name) for name in ("format_version", "config", "dim", "step", "keys", "groups",
                                                  "lengths")}
     missing = [name for name, value in state.items() if value is None]
     if missing:
         raise MemoryFileError(f"{path!r}: header field {missing[0]!r} is missing; restore the file from another "
                               "checkpoint.")
-    state.update(rows=rows.astype(np.float32), labels=labels.astype(np.int32))  # writable native copies
+    state.update(rows=rows.astype(np.float32, copy=False), labels=labels.astype(np.int32, copy=False))
     return check_state(state, repr(path))
