@@ -371,3 +371,73 @@ def test_penalty_reward_on_a_stock_trainer_matches_the_trainer(tmp_path):
 def test_penalty_reward_must_be_bound():
     with pytest.raises(RuntimeError, match=r"call meds\.bind\(trainer\)"):
         MEDSPenaltyReward(T.accuracy)(prompts=["1 + 2 ="], completions=["x"], completion_ids=[[1]])
+
+
+# -- crash-safe checkpoints --------------------------------------------------------------------------------------------
+
+
+def test_a_kill_at_any_point_of_the_save_leaves_a_resumable_run_with_the_uninterrupted_memory(tmp_path):
+    """One real GRPOTrainer run per kill point, each resuming (resume_from_checkpoint=True) from the previous
+    kill and killing itself (os._exit) at the next point, in the order of the save sequence; then one resume that
+    finishes. save_total_limit=1, so a rotation before the memory is written would leave nothing to resume."""
+    import json
+
+    from meds_core.adapters.trl import last_complete_checkpoint
+
+    from meds_core import ErrorMemory
+
+    script = os.path.join(os.path.dirname(__file__), "trl_kill_during_save.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    points = ("model", "optimizer", "rng", "trainer_state", "memory_partial", "memory_tmp", "memory", "end")
+    max_steps = 5
+
+    def run(out, point, resume):
+        proc = subprocess.run([sys.executable, script, str(out), point, str(int(resume)), str(max_steps)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr[-3000:]
+
+    ref = tmp_path / "uninterrupted"
+    ref.mkdir()
+    rc, err = run(ref, "none", False)
+    assert rc == 0, err
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    expected_resume = []
+    for i, point in enumerate(points):
+        rc, err = run(crashed, point, resume=i > 0)
+        assert rc == 86, f"kill point {point!r} was not reached: rc={rc}\n{err}"
+        log = [json.loads(line) for line in (crashed / "log.jsonl").read_text().splitlines()]
+        # the kill was at the save of step start+1 (step 2 for the first run)
+        start = int(log[-1]["resumed_from"].rsplit("-", 1)[1]) if i else 1
+        killed_at = start + 1
+        complete_at = killed_at if point in ("memory", "end") else start
+        found = last_complete_checkpoint(crashed / "out")
+        assert found is not None and found.endswith(f"checkpoint-{complete_at}"), (point, found)
+        expected_resume.append(complete_at)
+        folders = sorted(p.name for p in (crashed / "out").iterdir() if p.name.startswith("checkpoint-"))
+        if complete_at < killed_at:  # the incomplete folder is there, and Transformers alone would pick it
+            assert f"checkpoint-{killed_at}" in folders
+        assert f"checkpoint-{complete_at}" in folders
+    rc, err = run(crashed, "none", resume=True)
+    assert rc == 0, err
+    log = [json.loads(line) for line in (crashed / "log.jsonl").read_text().splitlines()]
+    resumes = [r for r in log if r.get("resume")]
+    assert [int(r["resumed_from"].rsplit("-", 1)[1]) for r in resumes] == expected_resume
+    assert any(r["transformers_pick"] != r["resumed_from"] for r in resumes)  # the guard mattered
+    assert log[-1] == {"finished": True, "memory_step": max_steps}
+    a, b = ErrorMemory.load(ref / "final.bin").state_dict(), ErrorMemory.load(crashed / "final.bin").state_dict()
+    assert a["keys"] == b["keys"] and a["step"] == b["step"] == max_steps
+    for name in ("groups", "lengths", "rows", "labels"):
+        np.testing.assert_array_equal(a[name], b[name])
+    leftovers = [p for p in (crashed / "out").rglob(".meds_memory.*.tmp")]
+    assert leftovers == []  # the killed saves' temp files were removed by the next save into that folder
+    assert sorted(p.name for p in (crashed / "out").iterdir() if p.name.startswith("checkpoint-")) == \
+        [f"checkpoint-{max_steps}"]  # save_total_limit=1, counted over complete checkpoints
+
+
+def test_resume_true_refuses_when_no_checkpoint_is_complete(tmp_path):
+    tr = make(tmp_path, max_steps=1)
+    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match="no complete checkpoint .*meds_memory.bin"):
+        tr.train(resume_from_checkpoint=True)
