@@ -72,6 +72,8 @@ class Recording(MEDSGRPOTrainer):
         if self.model.training:
             self.rec[-1]["rewards_per_func"] = out.detach().cpu().numpy().copy()
             self.rec[-1]["raw"] = np.array(T.accuracy(completions, [x["answer"] for x in inputs]))
+            self.rec[-1]["keys"] = [x.get("prompt_id") for x in inputs]
+            self.rec[-1]["memory"] = self.meds_memory.state_dict()
         return out
 
     def _generate_and_score_completions(self, inputs):
@@ -441,3 +443,58 @@ def test_resume_true_refuses_when_no_checkpoint_is_complete(tmp_path):
     (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").write_text("{}")
     with pytest.raises(ValueError, match="no complete checkpoint .*meds_memory.bin"):
         tr.train(resume_from_checkpoint=True)
+
+
+# -- what a TRL resume does and does not reproduce ---------------------------------------------------------------------
+
+
+def _same_state(a, b):
+    return a["keys"] == b["keys"] and a["step"] == b["step"] and all(
+        np.array_equal(a[n], b[n]) for n in ("groups", "lengths", "rows", "labels"))
+
+
+def _checkpoint_memory(out, step):
+    from meds_core import ErrorMemory
+
+    return ErrorMemory.load(out / f"checkpoint-{step}" / "meds_memory.bin").state_dict()
+
+
+def test_resume_after_the_first_epoch_continues_the_memory_but_trl_replays_another_prompt_order(tmp_path):
+    from meds_core import ErrorMemory
+
+    full = make(tmp_path / "a", max_steps=8, save_strategy="steps", save_steps=1)  # 4 steps per epoch
+    full.train()
+    for k in range(1, 9):  # every checkpoint holds exactly the memory the run had after step k
+        assert _same_state(_checkpoint_memory(tmp_path / "a" / "out", k), full.rec[k - 1]["memory"])
+    resumed = make(tmp_path / "b", max_steps=8, save_strategy="steps", save_steps=1)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-5"))
+    assert len(resumed.rec) == 3 and resumed.meds_memory.step == full.meds_memory.step == 8
+    # TRL's sampler does not restore the second epoch's permutation: the resumed epoch replays the first one's.
+    assert [r["keys"] for r in resumed.rec] == [r["keys"] for r in full.rec[1:4]]
+    assert [r["keys"] for r in resumed.rec] != [r["keys"] for r in full.rec[5:8]]
+    # MEDS itself is exact: the resumed memory is the checkpoint's, updated with the batches TRL gave it.
+    replay = ErrorMemory.load(tmp_path / "a" / "out" / "checkpoint-5" / "meds_memory.bin", config=CONFIG)
+    for r in resumed.rec:
+        np.testing.assert_array_equal(replay.update(r["keys"], r["features"], r["correct"]).cluster_size, r["sizes"])
+    assert _same_state(replay.state_dict(), resumed.meds_memory.state_dict())
+
+
+def test_resume_inside_a_generation_batch_regenerates_it_and_updates_the_memory_once_more(tmp_path):
+    kw = dict(max_steps=6, save_strategy="steps", save_steps=1, steps_per_generation=2)
+    full = make(tmp_path / "a", **kw)
+    full.train()
+    assert len(full.rec) == 3  # one generation batch (one memory update) per 2 optimizer steps
+    for k in range(1, 7):  # checkpoint-k holds the memory after the generation batch that step k trained on
+        assert _same_state(_checkpoint_memory(tmp_path / "a" / "out", k), full.rec[(k - 1) // 2]["memory"])
+    on_boundary = make(tmp_path / "b", **kw)
+    on_boundary.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    assert [r["keys"] for r in on_boundary.rec] == [r["keys"] for r in full.rec[1:]]
+    for a, b in zip(full.rec[1:], on_boundary.rec):
+        np.testing.assert_array_equal(a["sizes"], b["sizes"])
+    assert _same_state(on_boundary.meds_memory.state_dict(), full.meds_memory.state_dict())
+    inside = make(tmp_path / "c", **kw)
+    inside.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    # TRL does not save the second half of generation batch 2: it generates batch 2 again for step 4, and MEDS
+    # records that new batch as one more update.
+    assert [r["keys"] for r in inside.rec] == [r["keys"] for r in full.rec[1:]]
+    assert inside.meds_memory.step == full.meds_memory.step + 1
