@@ -137,12 +137,14 @@ class ErrorMemory:
     ----------
     config : MEDSConfig, optional
         Uses ``cluster_method``, ``min_cluster_size``, ``min_samples``, ``knn_k``, ``l2_normalize``,
-        ``noise_policy``, ``max_rows_per_memory`` and ``backend``.
+        ``noise_policy``, ``max_rows_per_memory``, ``max_total_rows`` and ``backend``; the feature settings are
+        saved with the memory and checked on load.
 
     Notes
     -----
     Bounded: after a step appends its rows to a memory, rows beyond ``max_rows_per_memory`` are dropped
-    oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows.
+    oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows; then
+    least recently visited prompts are evicted whole while more than ``max_total_rows`` rows are stored.
     """
 
     def __init__(self, config: MEDSConfig | None = None):
@@ -363,7 +365,8 @@ class ErrorMemory:
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the stream bit-identically, as numpy arrays and plain values."""
+        """Everything needed to continue the stream bit-identically, as numpy arrays and plain values: memories in
+        recency order (least recently visited prompt first), ``rows`` float32 [N, dim], ``labels`` int32 [N]."""
         slots = list(self._slots.items())
         dim = self._dim or 0
         return {
