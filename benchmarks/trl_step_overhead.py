@@ -71,7 +71,8 @@ def build(size: str, seed: int):
     return task, tok, {k: v.clone() for k, v in model.state_dict().items()}
 
 
-def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: int, coef: float) -> dict:
+def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: int, coef: float,
+        device: str = "cpu") -> dict:
     import torch
     from datasets import Dataset
     from meds_core.adapters.trl import MEDSGRPOTrainer
@@ -101,7 +102,7 @@ def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: in
     torch.manual_seed(seed)
     timer = Timer()
     with tempfile.TemporaryDirectory() as out:
-        args = GRPOConfig(output_dir=out, use_cpu=True, bf16=False, gradient_checkpointing=False,
+        args = GRPOConfig(output_dir=out, use_cpu=device == "cpu", bf16=False, gradient_checkpointing=False,
                           per_device_train_batch_size=batch, num_generations=8, steps_per_generation=spg,
                           max_completion_length=12, learning_rate=3e-4, max_steps=steps, report_to="none",
                           save_strategy="no", logging_strategy="no", seed=seed, beta=0.0, scale_rewards="none",

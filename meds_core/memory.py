@@ -27,7 +27,7 @@ from meds_core._memory_check import FORMAT_VERSION, MemoryFileError, check_state
 from meds_core._memory_io import read_state, write_state
 from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
 from meds_core.clustering._batch import needs_backend
-from meds_core.clustering._knn import knn_vote_packed, knn_vote_packed_numba
+from meds_core.clustering._knn import knn_vote_packed_for
 from meds_core.config import MEDSConfig
 
 Key = Union[str, int]
@@ -209,6 +209,7 @@ class ErrorMemory:
         -------
         StepResult
         """
+        self._backend = resolve_backend(self.config.backend, features)  # 'auto': 'cuda' for features on a GPU
         keys, feats, groups = self._check_inputs(keys, features, correct)
         B = len(keys)
         finite = np.isfinite(feats).all(axis=1)
@@ -296,7 +297,7 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        vote = knn_vote_packed_numba if self._backend == "numba" else knn_vote_packed  # same rule, same results
+        vote = knn_vote_packed_for(self._backend)  # same rule, same results on every backend
         label[rows], size[rows] = vote([_unit_rows(s.rows) for s in old], [s.labels.astype(np.int64) for s in old],
                                        batch.unit[queries], counts, self.config.knn_k)
         if self.config.noise_policy == "ignore":

@@ -53,10 +53,14 @@ def meds_step(memory: ErrorMemory, keys: Sequence[Any], features: Any, correct: 
     kw = dict(memory.config.shaping_kwargs(), group_ids=np.asarray(group_ids))
     pen = np.asarray(penalties(sizes, correct, **kw))
     shaped = np.asarray(shape_rewards(np.asarray(rewards, dtype=np.float64), sizes, correct, **kw))
+    raw = np.asarray(rewards, dtype=np.float64)
     if metric_rows is None:
+        m = np.ones(len(raw), bool)
         metrics = step_metrics(memory, step, keys, pen, no_answer)
     else:
         m = np.asarray(metric_rows, bool)
         sub = StepResult(step.cluster_size[m], step.label[m], step.group[m], step.valid[m], step.stats)
         metrics = step_metrics(memory, sub, [k for k, keep in zip(keys, m) if keep], pen[m], np.asarray(no_answer)[m])
+    metrics["meds/raw_reward_mean"] = float(raw[m].mean()) if m.any() else 0.0
+    metrics["meds/shaped_reward_mean"] = float(shaped[m].mean()) if m.any() else 0.0
     return ShapedStep(shaped=shaped, penalty=pen, step=step, metrics=metrics)

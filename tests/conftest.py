@@ -2,3 +2,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/reference_meds.py and helpers
+
+# Without an NVIDIA driver the GPU kernels run under numba's CUDA simulator (it must be switched on before numba is
+# imported); with one, the same tests run natively.
+if not os.path.exists("/dev/nvidiactl"):
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")

@@ -13,6 +13,13 @@ veRL's own extension points (no veRL file is edited, no veRL code is copied):
   token-in/token-out ``generate`` with transformers ``generate``; after every policy update veRL's ``naive``
   checkpoint engine hands the actor's full weights to the adapter, which loads them into the server's model.
 
+One call of veRL refuses a CPU platform outright: ``initialize_global_process_group_ray`` (every training worker)
+asks torch for the backend ``f"cpu:gloo,{device}:{backend}"``, which for device ``cpu`` reads ``cpu:gloo,cpu:gloo``,
+and torch's ``init_process_group`` raises ``ValueError: Duplicate device type cpu in backend string``. So, with the
+CPU platform selected, :func:`register` wraps ``torch.distributed.init_process_group`` to drop a repeated
+``device:backend`` pair that names the same backend (``cpu:gloo,cpu:gloo`` -> ``cpu:gloo``); any other backend string,
+a conflicting one included, reaches torch unchanged.
+
 Sampling is seeded per request when ``actor_rollout_ref.rollout.full_determinism=True`` (veRL then names each
 request after the sample's place in the batch): seed = hash(rollout seed, global step, request id, prompt ids), so
 a run and its resumed continuation sample the same rollouts.
@@ -43,13 +50,96 @@ from verl.workers.rollout import base as rollout_base  # noqa: E402
 from verl.workers.rollout.base import BaseRollout  # noqa: E402
 from verl.workers.rollout.replica import RolloutReplica, RolloutReplicaRegistry, TokenOutput  # noqa: E402
 
-__all__ = ["ROLLOUT_NAME", "HFReplica", "HFServer", "HFServerAdapter", "PlatformCPU", "register"]
+__all__ = ["ROLLOUT_NAME", "HFReplica", "HFServer", "HFServerAdapter", "PlatformCPU", "dedup_backend", "register"]
 
 logger = logging.getLogger(__name__)
 ROLLOUT_NAME = "hf_cpu"
 
 
 # ------------------------------------------------------------------------------------------------ platform
+def _memory_bytes() -> tuple[int, int]:
+    """(available, total) bytes of host memory, from /proc/meminfo where present."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    free = total
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/meminfo") as f:
+            info = dict(line.split(":", 1) for line in f)
+        free = int(info["MemAvailable"].split()[0]) * 1024
+    return free, total
+
+
+class _CPUDevice:
+    """``torch.cpu`` plus the accelerator calls veRL makes on its device module (memory statistics, RNG state,
+    cache control), answered for the host: no cache to empty, no device-side allocator statistics (0)."""
+
+    def __getattr__(self, name: str):
+        return getattr(torch.cpu, name)
+
+    @staticmethod
+    def is_available() -> bool:
+        return True
+
+    @staticmethod
+    def device_count() -> int:
+        return 1
+
+    @staticmethod
+    def current_device() -> str:
+        return "cpu"
+
+    @staticmethod
+    def set_device(device) -> None:
+        return None
+
+    @staticmethod
+    def get_device_name(device=None) -> str:
+        return "cpu"
+
+    @staticmethod
+    def get_device_properties(device=None):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(name="cpu", total_memory=_memory_bytes()[1])
+
+    @staticmethod
+    def mem_get_info(device=None) -> tuple[int, int]:
+        return _memory_bytes()
+
+    @staticmethod
+    def memory_allocated(device=None) -> int:
+        return 0
+
+    memory_reserved = max_memory_allocated = max_memory_reserved = memory_allocated
+
+    @staticmethod
+    def reset_peak_memory_stats(device=None) -> None:
+        return None
+
+    @staticmethod
+    def empty_cache() -> None:
+        return None
+
+    ipc_collect = empty_cache
+
+    @staticmethod
+    def synchronize(device=None) -> None:
+        return None
+
+    @staticmethod
+    def get_rng_state(device=None) -> torch.Tensor:
+        return torch.get_rng_state()
+
+    @staticmethod
+    def set_rng_state(state: torch.Tensor, device=None) -> None:
+        torch.set_rng_state(state)
+
+    @staticmethod
+    def manual_seed(seed: int) -> None:
+        torch.manual_seed(seed)
+
+    manual_seed_all = manual_seed
+
+
 class PlatformCPU(PlatformBase):
     """veRL platform for CPU-only machines: torch CPU device, gloo collectives, Ray ``GPU`` slots as worker slots."""
 
@@ -63,7 +153,7 @@ class PlatformCPU(PlatformBase):
 
     @property
     def device_module(self):
-        return torch.cpu
+        return _CPUDevice()
 
     def is_available(self) -> bool:
         return True
@@ -71,8 +161,8 @@ class PlatformCPU(PlatformBase):
     def is_platform_available(self, use_smi_check=False) -> bool:
         return False  # never auto-detected: only VERL_PLATFORM=cpu selects it
 
-    def current_device(self) -> int:
-        return 0
+    def current_device(self) -> str:
+        return "cpu"  # veRL passes it to ``.to(...)`` / ``torch.device(...)``; an int would mean an accelerator
 
     def device_count(self) -> int:
         return 1
@@ -258,6 +348,12 @@ class HFServer:
         return None
 
 
+def _model_folder(model_config) -> str:
+    """The policy folder of ``actor_rollout_ref.model`` (an ``HFModelConfig`` or the DictConfig it comes from)."""
+    local = model_config.get("local_path", None) if hasattr(model_config, "get") else None
+    return local or getattr(model_config, "local_path", None) or model_config.path
+
+
 def _server_name(replica_rank: int) -> str:
     return f"meds_hf_cpu_server_{replica_rank}"
 
@@ -271,7 +367,7 @@ class HFReplica(RolloutReplica):
                              "actor_rollout_ref.rollout.tensor_model_parallel_size=1 (and data/pipeline parallel 1).")
         server_cls = ray.remote(num_cpus=0)(HFServer)
         server = server_cls.options(name=_server_name(self.replica_rank), max_concurrency=self.max_concurrency).remote(
-            model_path=self.model_config.local_path, response_length=self.config.response_length,
+            model_path=_model_folder(self.model_config), response_length=self.config.response_length,
             seed=self.config.seed, deterministic=bool(getattr(self.config, "full_determinism", False)))
         self.servers = [server]
         self._server_handle = server
@@ -304,6 +400,35 @@ class HFServerAdapter(BaseRollout):
         await server.load_weights.remote(state, global_steps)
 
 
+# ------------------------------------------------------------------------------------------------ process group
+def dedup_backend(backend: Any) -> Any:
+    """``"cpu:gloo,cpu:gloo"`` -> ``"cpu:gloo"``: drop repeated identical ``device:backend`` pairs; else unchanged."""
+    if not isinstance(backend, str) or ":" not in backend:
+        return backend
+    pairs = [p.strip() for p in backend.split(",") if p.strip()]
+    unique = list(dict.fromkeys(p.lower() for p in pairs))
+    devices = [p.split(":", 1)[0] for p in unique]
+    if len(unique) == len(pairs) or len(set(devices)) != len(devices):
+        return backend  # nothing repeated, or one device with two different backends: torch's error stands
+    return ",".join(unique)
+
+
+def _patch_init_process_group() -> None:
+    import torch.distributed as dist
+
+    original = dist.init_process_group
+    if getattr(original, "_meds_cpu", False):
+        return
+
+    def init_process_group(backend=None, *args, **kwargs):
+        return original(dedup_backend(backend), *args, **kwargs)
+
+    init_process_group._meds_cpu = True
+    init_process_group.__wrapped__ = original
+    init_process_group.__doc__ = original.__doc__
+    dist.init_process_group = init_process_group
+
+
 # ------------------------------------------------------------------------------------------------ registration
 def register() -> None:
     """Register the platform, the CPU training engine and the ``hf_cpu`` rollout with veRL (idempotent)."""
@@ -319,6 +444,7 @@ def register() -> None:
     if ROLLOUT_NAME not in RolloutReplicaRegistry._registry:
         RolloutReplicaRegistry.register(ROLLOUT_NAME, lambda: HFReplica)
     rollout_base._ROLLOUT_REGISTRY.setdefault((ROLLOUT_NAME, "async"), f"{__name__}.HFServerAdapter")
+    _patch_init_process_group()
 
 
 if os.environ.get("VERL_PLATFORM", "").strip().lower() == "cpu":

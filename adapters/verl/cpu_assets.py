@@ -13,7 +13,9 @@ downloaded.
 
 ``python -m meds_core.adapters.verl.cpu_assets --out DIR`` writes ``DIR/model/``, ``DIR/tokenizer/``,
 ``DIR/train.parquet`` and
-``DIR/val.parquet`` (``--broken-index`` writes a training set without ``extra_info.index``, for the start-up check).
+``DIR/val.parquet``. ``--broken-index`` writes a training set without ``extra_info.index`` (for the start-up check);
+``--hopeless N`` makes the first N training problems ones the policy (almost) never solves, so that with
+``data.shuffle=False`` the first generated batch is entirely filtered out by dynamic sampling.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def _content(a: int, b: int) -> str:
 
 
 def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, warm_steps: int = 60,
-                 drop_index: bool = False) -> dict[str, Any]:
+                 drop_index: bool = False, hopeless: int = 0) -> dict[str, Any]:
     """Write the model folder and the two parquet files under ``out``; returns their paths and the warm-start log.
 
     Parameters
@@ -53,7 +55,11 @@ def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, war
         Warm-start SFT steps.
     drop_index : bool
         Write the training rows without ``extra_info.index`` (the mistake ``main_meds`` refuses to train on).
+    hopeless : int
+        The first ``hopeless`` training problems get no probability mass on their correct answer beyond the warm
+        start's noise: every rollout of theirs is wrong, so dynamic sampling filters their groups out.
     """
+    import numpy as np
     import torch
 
     torch.manual_seed(seed)
@@ -68,6 +74,11 @@ def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, war
     texts = [tokenizer.apply_chat_template([{"role": "user", "content": _content(a, b)}], tokenize=False)
              for a, b in task.pairs]
     mixtures = answer_mixtures(task, p_correct=P_CORRECT, seed=seed)
+    for a, b in task.train[:hopeless]:
+        row = mixtures[task.pairs.index((a, b))]
+        wrong = int(np.argmax(np.where(np.arange(row.size) == a + b, -1.0, row)))
+        row[wrong] += row[a + b] - row.min()
+        row[a + b] = row.min()
     log = warm_start(model, tokenizer, task, mixtures, steps=warm_steps, samples_per_prompt=2, seed=seed, prompts=texts)
     model_dir, tokenizer_dir = os.path.join(out, "model"), os.path.join(out, "tokenizer")
     model.save_pretrained(model_dir)
@@ -96,8 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of problems, model and warm start (default 0)")
     parser.add_argument("--broken-index", action="store_true",
                         help="write training rows without extra_info.index (to see the start-up refusal)")
+    parser.add_argument("--hopeless", type=int, default=0, metavar="N",
+                        help="make the first N training problems unsolvable, so their groups are filtered (default 0)")
     args = parser.parse_args(argv)
-    paths = build_assets(args.out, seed=args.seed, drop_index=args.broken_index)
+    paths = build_assets(args.out, seed=args.seed, drop_index=args.broken_index, hopeless=args.hopeless)
     print(f"wrote {paths['model']}, {paths['tokenizer']}, {paths['train']}, {paths['val']} "
           f"(warm start {paths['warm_start']['seconds']:.1f} s, loss {paths['warm_start']['final_loss']:.2f})")
 

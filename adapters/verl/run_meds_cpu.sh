@@ -53,11 +53,19 @@ CPU_ARGS=(
   # CPU stand-ins (cpu.py): Ray's logical GPUs are the worker slots, HF generate is the rollout server
   trainer.n_gpus_per_node=${WORKERS}
   +ray_kwargs.ray_init.num_gpus=${WORKERS}
-  +ray_kwargs.ray_init.num_cpus=8
+  +ray_kwargs.ray_init.num_cpus=16
+  # one process each where the recipe runs eight (every Ray actor reserves one logical CPU)
+  actor_rollout_ref.rollout.agent.num_workers=1
+  reward.num_workers=1
+  data.dataloader_num_workers=0
+  transfer_queue.backend.SimpleStorage.num_data_storage_units=1
   actor_rollout_ref.rollout.name=hf_cpu
   actor_rollout_ref.rollout.full_determinism=True
   actor_rollout_ref.rollout.checkpoint_engine.backend=naive
   actor_rollout_ref.actor.fsdp_config.dtype=float32
+  # no flash-attention on CPU: torch's SDPA, and padded batches instead of flash-attention's packed sequences
+  +actor_rollout_ref.model.override_config.attn_implementation=sdpa
+  actor_rollout_ref.model.use_remove_padding=False
   actor_rollout_ref.actor.fsdp_config.use_torch_compile=False
 )
 if [[ "${MEDS_CPU_BASELINE:-0}" == "1" ]]; then

@@ -2,13 +2,16 @@
 
 from meds_core.clustering._batch import HDBSCANParams, cluster_batch
 from meds_core.clustering._engine import hdbscan_batch
+from meds_core.clustering._gpu import GPUFallbackWarning, cuda_status
 from meds_core.clustering._knn import knn_vote
 from meds_core.clustering._registry import available_backends, get_backend, register_backend, resolve_backend
 
 __all__ = [
+    "GPUFallbackWarning",
     "HDBSCANParams",
     "available_backends",
     "cluster_batch",
+    "cuda_status",
     "get_backend",
     "hdbscan_batch",
     "knn_vote",

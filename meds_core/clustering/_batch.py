@@ -7,8 +7,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from meds_core.clustering import _engine, _library  # noqa: F401  (register the numba and the library backends)
-from meds_core.clustering._registry import get_backend
+from meds_core.clustering import _engine, _gpu, _library  # noqa: F401  (register the numba, cuda, library backends)
+from meds_core.clustering._registry import get_backend, resolve_backend
 
 
 class HDBSCANParams(NamedTuple):
@@ -32,10 +32,12 @@ def cluster_batch(problems: Sequence[np.ndarray], params: HDBSCANParams, backend
     Parameters
     ----------
     problems : list of ndarray of shape (n_i, d), float
-        One dataset per memory; rows are clustered with euclidean distance.
+        One dataset per memory; rows are clustered with euclidean distance. With the ``cuda`` backend they may be
+        CUDA arrays or tensors, which then stay on the GPU.
     params : HDBSCANParams
     backend : str
-        Registered backend name or ``'auto'``.
+        Registered backend name or ``'auto'`` (``'cuda'`` for problems on a usable GPU, see
+        :func:`~meds_core.clustering.resolve_backend`).
 
     Returns
     -------
@@ -50,8 +52,12 @@ def cluster_batch(problems: Sequence[np.ndarray], params: HDBSCANParams, backend
         else:
             todo.append(i)
     if todo:
+        backend = resolve_backend(backend, problems)
         run = get_backend(backend)
-        results = run([np.ascontiguousarray(problems[i], dtype=np.float64) for i in todo], params)
+        if backend == "cuda":  # takes device arrays as they are
+            results = run([problems[i] for i in todo], params)
+        else:
+            results = run([np.ascontiguousarray(problems[i], dtype=np.float64) for i in todo], params)
         if len(results) != len(todo):
             raise RuntimeError(f"clustering backend {backend!r} returned {len(results)} label arrays for "
                                f"{len(todo)} problems")

@@ -44,13 +44,7 @@ def _pack(problems, offsets) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     distinct d, from a list of [n_i, d] arrays or from packed input (one group)."""
     if offsets is not None:
         X = np.ascontiguousarray(problems, dtype=np.float64)
-        offsets = np.asarray(offsets, dtype=np.int64)
-        if X.ndim != 2:
-            raise ValueError(f"packed problems must be an array of shape (N, d); got shape {X.shape}.")
-        if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != len(X) \
-                or (np.diff(offsets) < 0).any():
-            raise ValueError(f"offsets must be non-decreasing, start at 0 and end at N={len(X)}; got {offsets!r}.")
-        return [(X, offsets, np.arange(len(offsets) - 1))]
+        return [(X, _check_offsets(X.shape, offsets), np.arange(len(offsets) - 1))]
     arrays = [np.asarray(x) for x in problems]
     for i, x in enumerate(arrays):
         if x.ndim != 2:
@@ -68,8 +62,23 @@ def _pack(problems, offsets) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return out
 
 
+def _check_offsets(shape: tuple, offsets) -> np.ndarray:
+    """offsets as int64 [P + 1], checked against packed rows of shape (N, d)."""
+    offsets = np.asarray(offsets, dtype=np.int64)
+    if len(shape) != 2:
+        raise ValueError(f"packed problems must be an array of shape (N, d); got shape {tuple(shape)}.")
+    if offsets.ndim != 1 or len(offsets) < 1 or offsets[0] != 0 or offsets[-1] != shape[0] \
+            or (np.diff(offsets) < 0).any():
+        raise ValueError(f"offsets must be non-decreasing, start at 0 and end at N={shape[0]}; got {offsets!r}.")
+    return offsets
+
+
 def _check_finite(X: np.ndarray, offsets: np.ndarray, members: np.ndarray) -> None:
-    bad = ~np.isfinite(X).all(axis=1)
+    _raise_if_bad(~np.isfinite(X).all(axis=1), offsets, members)
+
+
+def _raise_if_bad(bad: np.ndarray, offsets: np.ndarray, members: np.ndarray) -> None:
+    """Raise naming the first problem and row flagged in bad [N] bool (rows with NaN/inf)."""
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         p = int(np.searchsorted(offsets, row, side="right") - 1)
@@ -92,8 +101,9 @@ def _balanced_order(offsets: np.ndarray, threads: int) -> np.ndarray:
 
 def _check_backend(backend: str) -> None:
     if backend not in ("auto", "numba"):
-        raise ValueError(f"hdbscan_batch backend={backend!r}; use 'auto' or 'numba' (the CPU engine). For the "
-                         "library loops use meds_core.clustering.cluster_batch(..., backend='hdbscan').")
+        raise ValueError(f"hdbscan_batch backend={backend!r}; use 'auto' or 'numba' (the CPU engine). For the GPU "
+                         "engine or the library loops use meds_core.clustering.cluster_batch(..., backend='cuda') or "
+                         "(..., backend='hdbscan').")
 
 
 def hdbscan_batch(problems: Sequence[np.ndarray] | np.ndarray, min_cluster_size: int = 5,

@@ -237,3 +237,18 @@ def knn_vote_packed_numba(stored: Sequence[np.ndarray], stored_labels: Sequence[
     rows = List([np.ascontiguousarray(s, dtype=np.float64) for s in stored])
     labels = np.concatenate(stored_labels).astype(np.int64, copy=False)
     return knn_vote_kernel(rows, labels, s_off, Q, q_off, int(k))
+
+
+def knn_vote_packed_for(backend: str):
+    """The packed vote that goes with a (resolved) clustering backend: the GPU vote for ``cuda`` (falling back to the
+    numba vote on a GPU failure), the numba vote for ``numba``, else the numpy one. Same rule, same results."""
+    if backend == "cuda":
+        from meds_core.clustering._cuda_engine import knn_vote_packed_cuda
+        from meds_core.clustering._gpu import run_with_fallback
+
+        def vote(*args):
+            return run_with_fallback("k-NN vote", lambda: knn_vote_packed_cuda(*args),
+                                     lambda: knn_vote_packed_numba(*args))
+
+        return vote
+    return knn_vote_packed_numba if backend == "numba" else knn_vote_packed

@@ -4,8 +4,8 @@
 match the reference implementation exactly. ``sklearn``: ``sklearn.cluster.HDBSCAN``; scikit-learn counts
 the point itself in ``min_samples``, so it is called with ``min_samples + 1`` to mean the same thing.
 ``fast_hdbscan``: the TutteInstitute numba library (float32, Boruvka), one call per problem. ``cuml``: RAPIDS cuML
-on the GPU, one call per problem; recent cuML documents ``min_samples`` with the hdbscan library's meaning
-(NVIDIA/cuml#8567), which is what it is given. Every library is imported on first use of its backend.
+on the GPU, one call per problem, see :data:`CUML_MIN_SAMPLES_OFFSET`. Every library is imported on first use of its
+backend.
 """
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from meds_core.clustering._registry import register_backend
+
+# cuML's core distance is the distance to the ``min_samples``-th nearest neighbour NOT counting the point itself, the
+# hdbscan library's convention (cuML documents this since NVIDIA/cuml#8567; scikit-learn counts the point, hence its
+# +1 above), so cuML gets our ``min_samples`` unchanged and its labels match the hdbscan library's.
+CUML_MIN_SAMPLES_OFFSET = 0
 
 
 def _require(module: str, install: str):
@@ -74,7 +79,7 @@ def _cuml_factory():
             # no split can leave two sides of min size (and cuML rejects min_cluster_size >= n_samples,
             # NVIDIA/cuml#6985)
             return np.full(len(X), -1, dtype=np.int64)
-        model = cluster.HDBSCAN(**_kwargs(params), output_type="numpy")
+        model = cluster.HDBSCAN(**_kwargs(params, CUML_MIN_SAMPLES_OFFSET), output_type="numpy")
         return model.fit_predict(X.astype(np.float32))
 
     return _loop(fit)

@@ -43,10 +43,10 @@ def mst_one(X, min_samples):
 
 
 @kernel
-def hdbscan_one(X, min_cluster_size, min_samples, leaf, allow_single_cluster, epsilon):
-    """HDBSCAN* labels [n] int64 (noise -1) of X [n, d] f64, n >= max(2, min_cluster_size)."""
-    n = X.shape[0]
-    src, dst, weight_sq = mst_one(X, min_samples)
+def tree_labels(src, dst, weight_sq, min_cluster_size, leaf, allow_single_cluster, epsilon):
+    """HDBSCAN* labels [n] int64 (noise -1) from a mutual-reachability MST: src, dst [n-1] int64, weight_sq [n-1] f64
+    (squared weights, in Prim order). The tree stage of every engine, CPU and GPU."""
+    n = src.shape[0] + 1
     left, right, dist, size = single_linkage(src, dst, weight_sq)
     parent, child, lam, child_size, n_clusters = condense_tree(left, right, dist, size, min_cluster_size)
     stability, birth, up, first = cluster_stability(parent, child, lam, child_size, n, n_clusters)
@@ -57,6 +57,13 @@ def hdbscan_one(X, min_cluster_size, min_samples, leaf, allow_single_cluster, ep
     if epsilon != 0.0 and n_clusters > 1 and not selected[0]:
         selected = apply_epsilon(selected, birth, up, first, epsilon, allow_single_cluster)
     return label_points(parent, child, lam, n, selected, up, epsilon, allow_single_cluster)
+
+
+@kernel
+def hdbscan_one(X, min_cluster_size, min_samples, leaf, allow_single_cluster, epsilon):
+    """HDBSCAN* labels [n] int64 (noise -1) of X [n, d] f64, n >= max(2, min_cluster_size)."""
+    src, dst, weight_sq = mst_one(X, min_samples)
+    return tree_labels(src, dst, weight_sq, min_cluster_size, leaf, allow_single_cluster, epsilon)
 
 
 @kernel(parallel=True)
@@ -84,3 +91,20 @@ def mst_packed(X, offsets, edge_offsets, order, min_samples):
             s, d, w = mst_one(X[a:b], min_samples)
             src[e:e + b - a - 1], dst[e:e + b - a - 1], dist[e:e + b - a - 1] = s, d, np.sqrt(w)
     return src, dst, dist
+
+
+@kernel(parallel=True)
+def tree_labels_packed(src, dst, weight_sq, offsets, edge_offsets, order, min_cluster_size, leaf,
+                       allow_single_cluster, epsilon):
+    """Labels [N] int64 of every packed problem from its MST edges (problem p: rows offsets[p]:offsets[p + 1], edges
+    edge_offsets[p]:edge_offsets[p + 1], n_p - 1 of them where n_p >= max(2, min_cluster_size), else none and the
+    problem is all noise). The GPU engine's host-side tree stage."""
+    labels = np.full(offsets[-1], -1, dtype=np.int64)
+    for t in prange(order.shape[0]):
+        p = order[t]
+        a, b, e = offsets[p], offsets[p + 1], edge_offsets[p]
+        if b - a >= max(2, min_cluster_size):
+            labels[a:b] = tree_labels(src[e:e + b - a - 1], dst[e:e + b - a - 1], weight_sq[e:e + b - a - 1],
+                                      min_cluster_size, leaf, allow_single_cluster, epsilon)
+    return labels
+

@@ -9,6 +9,7 @@ factories so optional libraries are imported only when a backend is first used.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -18,7 +19,9 @@ Backend = Callable[[Sequence[np.ndarray], "object"], list[np.ndarray]]
 
 _FACTORIES: dict[str, Callable[[], Backend]] = {}
 _LOADED: dict[str, Backend] = {}
-_AUTO: list[str] = []  # what 'auto' resolved to, decided (and warned about) once per process
+_AUTO: list[str] = []  # the CPU engine 'auto' resolves to, decided (and warned about) once per process
+_LOGGED: set[tuple[str, str]] = set()  # 'auto' decisions (backend, reason) already logged
+log = logging.getLogger("meds_core.clustering")
 
 
 def register_backend(name: str, factory: Callable[[], Backend], *, overwrite: bool = False) -> None:
@@ -49,14 +52,30 @@ def _auto() -> str:
     return _AUTO[0]
 
 
-def resolve_backend(name: str) -> str:
-    """Map ``'auto'`` to a concrete backend name (``'numba'``, or ``'hdbscan'`` without numba); check that other
-    names are registered."""
-    if name == "auto":
-        return _auto()
-    if name not in _FACTORIES:
-        raise ValueError(f"unknown clustering backend {name!r}; use 'auto' or one of {available_backends()}.")
-    return name
+def resolve_backend(name: str, data=None) -> str:
+    """Map ``'auto'`` to a concrete backend name; check that other names are registered.
+
+    ``auto`` is ``'cuda'`` when ``data`` (the step's features: array, tensor or list of them) lives on a GPU and
+    numba-cuda sees a usable one (:func:`~meds_core.clustering.cuda_status`), else the CPU engine ``'numba'`` (or
+    ``'hdbscan'`` without numba). Each distinct (decision, reason) is logged once, at INFO on
+    ``meds_core.clustering``.
+    """
+    if name != "auto":
+        if name not in _FACTORIES:
+            raise ValueError(f"unknown clustering backend {name!r}; use 'auto' or one of {available_backends()}.")
+        return name
+    from meds_core.clustering._gpu import cuda_status, on_gpu
+
+    if not on_gpu(data):
+        chosen, why = _auto(), "the features are on the CPU"
+    else:
+        status = cuda_status()
+        chosen, why = ("cuda", f"the features are on a GPU and {status['reason']}") if status["usable"] else \
+            (_auto(), f"the features are on a GPU but {status['reason']}")
+    if (chosen, why) not in _LOGGED:
+        _LOGGED.add((chosen, why))
+        log.info("clustering backend 'auto' -> %r: %s.", chosen, why)
+    return chosen
 
 
 def get_backend(name: str) -> Backend:
