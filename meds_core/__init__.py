@@ -5,7 +5,7 @@ from meds_core.capture import FeatureCapture
 from meds_core.config import MEDSConfig
 from meds_core.features import extract_features
 from meds_core.keys import stable_prompt_key
-from meds_core.memory import ErrorMemory, StepResult
+from meds_core.memory import ErrorMemory, MemoryFileError, StepResult
 from meds_core.shaping import penalties, shape_rewards
 
 __version__ = "0.1.0"
@@ -14,6 +14,7 @@ __all__ = [
     "ErrorMemory",
     "FeatureCapture",
     "MEDSConfig",
+    "MemoryFileError",
     "StepResult",
     "__version__",
     "extract_features",

@@ -16,6 +16,13 @@ def to_numpy(x: Any, name: str) -> np.ndarray:
         x = x.numpy()
     try:
         return np.asarray(x)
+    except ValueError as exc:  # numpy refuses nested lists of unequal lengths
+        if isinstance(x, (list, tuple)) and any(hasattr(r, "__len__") for r in x):
+            lengths = sorted({len(r) for r in x if hasattr(r, "__len__")})
+            raise ValueError(f"{name} is ragged: its rows have lengths {lengths[:5]}; every row needs the same "
+                             "number of values.") from exc
+        raise TypeError(f"{name} must be array-like (numpy array, torch tensor or list), got {type(x).__name__}") \
+            from exc
     except Exception as exc:
         raise TypeError(f"{name} must be array-like (numpy array, torch tensor or list), got {type(x).__name__}") \
             from exc

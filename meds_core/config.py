@@ -13,6 +13,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
+# Largest accepted values: beyond them a setting is a typo, not a choice (a memory of 10**6 rows is already far
+# beyond what per-step clustering can afford; a penalty of 10**6 reward units swamps any reward).
+LIMITS: dict[str, float] = {
+    "use_last_n_layers": 4096,
+    "min_cluster_size": 1_000_000,
+    "min_samples": 1_000_000,
+    "knn_k": 1_000_000,
+    "max_rows_per_memory": 1_000_000,
+    "max_total_rows": 2**31 - 1,
+    "penalty_coef": 1e6,
+    "penalty_cap": 1e6,
+}
 # Allowed values of the string-valued fields, written down as data (the error messages list them).
 CHOICES: dict[str, tuple[str, ...]] = {
     "cluster_method": ("hdbscan", "single"),
@@ -85,6 +99,13 @@ class MEDSConfig:
                           "oldest rows beyond the cap are dropped, then the memory is re-clustered, so labels always "
                           "describe exactly the rows kept."},
     )
+    max_total_rows: int = field(
+        default=8_000_000,
+        metadata={"help": "Budget of rows over all memories. After a step, while more rows are stored, the least "
+                          "recently visited prompt is evicted whole (both correctness memories); prompts of the "
+                          "current step are never evicted. RAM is about max_total_rows * (4 * F + 4) * 1.5 bytes "
+                          "(float32 rows, int32 labels, growth room)."},
+    )
     backend: str = field(
         default="auto",
         metadata={"help": "Clustering backend: 'auto' or a registered name (see "
@@ -117,13 +138,18 @@ class MEDSConfig:
         self._check_int("min_samples", 1)
         self._check_int("knn_k", 1)
         self._check_int("max_rows_per_memory", 1)
+        self._check_int("max_total_rows", 1)
         for name in ("use_layer_diff", "l2_normalize", "mixed_groups_only"):
+            if isinstance(getattr(self, name), np.bool_):
+                setattr(self, name, bool(getattr(self, name)))
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"MEDSConfig.{name}={getattr(self, name)!r} must be True or False.")
         for name in ("penalty_coef", "penalty_cap"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"MEDSConfig.{name}={value!r} must be a finite number >= 0.")
+            if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating))
+                    or not math.isfinite(value) or not 0 <= value <= LIMITS[name]):
+                raise ValueError(f"MEDSConfig.{name}={value!r} must be a finite number >= 0 "
+                                 f"(at most {LIMITS[name]:g}).")
             setattr(self, name, float(value))
         if not isinstance(self.answer_marker, str) or not self.answer_marker:
             raise ValueError(f"MEDSConfig.answer_marker={self.answer_marker!r} must be a non-empty string, "
@@ -138,9 +164,13 @@ class MEDSConfig:
                                  f"use 'auto' or one of {available_backends()}.")
 
     def _check_int(self, name: str, minimum: int) -> None:
+        """Accept a Python or numpy integer in [minimum, LIMITS[name]]; store it as a Python int."""
         value = getattr(self, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"MEDSConfig.{name}={value!r} must be an integer >= {minimum}.")
+        top = int(LIMITS[name])
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
+                or not minimum <= value <= top:
+            raise ValueError(f"MEDSConfig.{name}={value!r} must be an integer >= {minimum} (at most {top}).")
+        setattr(self, name, int(value))
 
     @property
     def layers_needed(self) -> int:
@@ -161,7 +191,10 @@ class MEDSConfig:
         """Build from a mapping (a hydra/omegaconf node works); unknown keys are an error, not ignored."""
         if d is None:
             return cls()
-        if hasattr(d, "items") and not isinstance(d, dict):
+        if not hasattr(d, "items"):
+            raise TypeError(f"MEDSConfig.from_dict expects a mapping of field names to values, got "
+                            f"{type(d).__name__} {d!r}; pass e.g. {{'penalty_coef': 0.1}}.")
+        if not isinstance(d, dict):
             d = {k: v for k, v in d.items()}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)

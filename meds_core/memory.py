@@ -4,7 +4,12 @@ One RL step, for every memory the batch touches:
   1. each new row is labelled by a k-NN vote (cosine) over the STORED rows' labels;
   2. its cluster size is the number of STORED rows with that label (rows of this step never count);
   3. the new rows are appended, the oldest rows beyond ``max_rows_per_memory`` are dropped, and every
-     touched memory is re-clustered through ONE call into the clustering backend.
+     touched memory is re-clustered through ONE call into the clustering backend;
+  4. while more than ``max_total_rows`` rows are stored, the least recently visited prompt is evicted whole
+     (both its correctness memories); prompts of the current batch are never evicted.
+
+Storage: rows float32 and labels int32, nothing else per row between steps (the unit rows used by the vote and
+the clustering are recomputed, in float64, for the memories a step touches).
 """
 
 from __future__ import annotations
@@ -18,17 +23,15 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 
 from meds_core._arrays import correctness_groups, to_numpy
+from meds_core._memory_check import FORMAT_VERSION, MemoryFileError, check_state, settings_mismatch
 from meds_core._memory_io import read_state, write_state
-from meds_core.clustering import HDBSCANParams, cluster_batch, resolve_backend
+from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
 from meds_core.clustering._batch import needs_backend
 from meds_core.clustering._knn import knn_vote_packed_for
 from meds_core.config import MEDSConfig
 
 Key = Union[str, int]
-FORMAT_VERSION = 1
-# Fields that change what the memory stores or how it labels rows: a saved state only loads under equal values.
-_STATE_FIELDS = ("cluster_method", "min_cluster_size", "min_samples", "knn_k", "knn_metric", "l2_normalize",
-                 "max_rows_per_memory")
+__all__ = ["FORMAT_VERSION", "ErrorMemory", "MemoryFileError", "StepResult"]
 
 
 @dataclass
@@ -40,7 +43,8 @@ class StepResult:
     also -1 for skipped rows and first visits). ``group`` (int8): 1 correct, 0 wrong, -1 unknown.
     ``valid`` (bool): the row was stored (finite feature and known correctness).
     ``stats``: step statistics (``cluster_seconds``, ``memories_touched``, ``rows_stored``, ``rows_added``,
-    ``skipped_rows``, ``skipped_nonfinite``, ``skipped_unknown``, ``backend_calls``, ``step``).
+    ``skipped_rows``, ``skipped_nonfinite``, ``skipped_unknown``, ``backend_calls``, ``step``,
+    ``evicted_prompts``, ``evicted_rows``).
     """
 
     cluster_size: np.ndarray
@@ -57,50 +61,41 @@ def _capacity(keep: int, m: int) -> int:
 
 
 class _Slot:
-    """One (key, group) memory: rows [n, F] float32 in arrival order, their float64 unit rows and int64 labels.
+    """One (key, group) memory: rows [n, F] float32 in arrival order and their int32 labels.
 
-    Rows live in the window ``[start, start + n)`` of capacity buffers, so that a step appends in place and
-    eviction only moves ``start``; :meth:`staged` writes after the window or into fresh buffers, never into
+    Rows live in the window ``[start, start + n)`` of a capacity buffer, so that a step appends in place and
+    eviction only moves ``start``; :meth:`staged` writes after the window or into a fresh buffer, never into
     rows this slot shows, and the memory moves the window once the step has succeeded.
     """
 
-    __slots__ = ("row_buf", "unit_buf", "start", "n", "labels")
+    __slots__ = ("row_buf", "start", "n", "labels")
 
-    def __init__(self, row_buf: np.ndarray, unit_buf: np.ndarray, start: int, n: int, labels: np.ndarray | None):
-        self.row_buf, self.unit_buf, self.start, self.n, self.labels = row_buf, unit_buf, start, n, labels
+    def __init__(self, row_buf: np.ndarray, start: int, n: int, labels: np.ndarray | None):
+        self.row_buf, self.start, self.n, self.labels = row_buf, start, n, labels
 
     @classmethod
-    def holding(cls, rows: np.ndarray, unit: np.ndarray, labels: np.ndarray | None, room: int | None = None) \
-            -> "_Slot":
-        """A slot storing rows [n, F] float32, unit rows [n, F] float64 and labels [n] int64, in buffers of
-        ``room`` rows (default: room to grow by half)."""
+    def holding(cls, rows: np.ndarray, labels: np.ndarray | None, room: int) -> "_Slot":
+        """A slot storing rows [n, F] float32 and labels [n] int32 in a buffer of ``room`` rows."""
         n = len(rows)
-        room = _capacity(n, 0) if room is None else room
-        row_buf, unit_buf = np.empty((room, rows.shape[1]), np.float32), np.empty((room, rows.shape[1]))
-        row_buf[:n], unit_buf[:n] = rows, unit
-        return cls(row_buf, unit_buf, 0, n, labels)
+        row_buf = np.empty((room, rows.shape[1]), np.float32)
+        row_buf[:n] = rows
+        return cls(row_buf, 0, n, labels)
 
     @property
     def rows(self) -> np.ndarray:
         return self.row_buf[self.start:self.start + self.n]
 
-    @property
-    def unit(self) -> np.ndarray:
-        return self.unit_buf[self.start:self.start + self.n]
-
-    def staged(self, rows: np.ndarray, unit: np.ndarray, cap: int) -> tuple[_Slot, int, int]:
-        """Append rows [m, F] float32 / unit rows [m, F] float64 and keep the newest ``cap`` rows, without changing
-        what this slot shows. -> (slot holding the buffers, start, n) of the new window: this slot when the rows fit
-        after its window (written there), else a new slot on fresh buffers."""
+    def staged(self, rows: np.ndarray, cap: int) -> tuple[_Slot, int, int]:
+        """Append rows [m, F] float32 and keep the newest ``cap`` rows, without changing what this slot shows.
+        -> (slot holding the buffer, start, n) of the new window: this slot when the rows fit after its window
+        (written there), else a new slot on a fresh buffer."""
         m, end = rows.shape[0], self.start + self.n
         keep = self.n + m if self.n + m < cap else cap
         if end + m <= self.row_buf.shape[0]:
             self.row_buf[end:end + m] = rows
-            self.unit_buf[end:end + m] = unit
             return self, end + m - keep, keep
         old = max(keep - m, 0)
-        moved = _Slot.holding(np.concatenate([self.row_buf[end - old:end], rows[m - (keep - old):]]),
-                              np.concatenate([self.unit_buf[end - old:end], unit[m - (keep - old):]]), None,
+        moved = _Slot.holding(np.concatenate([self.row_buf[end - old:end], rows[m - (keep - old):]]), None,
                               _capacity(keep, m))
         return moved, 0, keep
 
@@ -142,21 +137,26 @@ class ErrorMemory:
     ----------
     config : MEDSConfig, optional
         Uses ``cluster_method``, ``min_cluster_size``, ``min_samples``, ``knn_k``, ``l2_normalize``,
-        ``noise_policy``, ``max_rows_per_memory`` and ``backend``.
+        ``noise_policy``, ``max_rows_per_memory``, ``max_total_rows`` and ``backend``; the feature settings are
+        saved with the memory and checked on load.
 
     Notes
     -----
     Bounded: after a step appends its rows to a memory, rows beyond ``max_rows_per_memory`` are dropped
-    oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows.
+    oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows; then
+    least recently visited prompts are evicted whole while more than ``max_total_rows`` rows are stored.
     """
 
     def __init__(self, config: MEDSConfig | None = None):
         self.config = config if config is not None else MEDSConfig()
         self._backend = resolve_backend(self.config.backend)
+        if self.config.cluster_method != "single":
+            get_backend(self._backend)  # import its library now: a missing one fails here, not at the first step
         self._params = HDBSCANParams(self.config.min_cluster_size, self.config.min_samples)
         self._slots: dict[tuple[Key, int], _Slot] = {}
         self._dim: int | None = None
         self._step = 0
+        self._total = 0  # rows stored over all memories
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -167,7 +167,7 @@ class ErrorMemory:
         return (_normalize_key(key), int(group)) in self._slots
 
     def keys(self) -> list[tuple[Key, int]]:
-        """(prompt key, group) of every memory, in creation order."""
+        """(prompt key, group) of every memory, least recently visited prompt first (the eviction order)."""
         return list(self._slots)
 
     def rows(self, key: Key, group: int) -> np.ndarray:
@@ -180,12 +180,12 @@ class ErrorMemory:
     def labels(self, key: Key, group: int) -> np.ndarray:
         """Cluster labels of the stored rows of one memory: ndarray [n] int64 (noise -1)."""
         slot = self._slots.get((_normalize_key(key), int(group)))
-        return np.empty(0, np.int64) if slot is None else slot.labels.copy()
+        return np.empty(0, np.int64) if slot is None else slot.labels.astype(np.int64)
 
     @property
     def num_rows(self) -> int:
-        """Rows stored over all memories."""
-        return sum(s.n for s in self._slots.values())
+        """Rows stored over all memories (bounded by ``max_total_rows`` after every update)."""
+        return self._total
 
     @property
     def step(self) -> int:
@@ -218,6 +218,7 @@ class ErrorMemory:
         batch = self._split_by_memory(keys, feats, groups, valid)
         label, size = self._assign(batch, B)
         seconds, calls = self._recluster(batch)
+        evicted, evicted_rows = self._evict({k for k, _ in batch.keys})
         if B:
             self._dim = feats.shape[1]  # fixed by the first non-empty update that succeeds
         self._step += 1
@@ -232,11 +233,16 @@ class ErrorMemory:
             "skipped_rows": int(B - valid.sum()),
             "skipped_nonfinite": int((~finite & known).sum()),
             "skipped_unknown": int((~known).sum()),
+            "evicted_prompts": evicted,
+            "evicted_rows": evicted_rows,
         }
         return StepResult(cluster_size=size, label=label, group=groups, valid=valid, stats=stats)
 
     def _check_inputs(self, keys: Any, features: Any, correct: Any) -> tuple[list[Key], np.ndarray, np.ndarray]:
         """Validated keys (len B), features [B, F] float32 and groups [B] int8 (F as stored, if any)."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError(f"keys is one {type(keys).__name__} ({keys[:40]!r}); pass a sequence with one prompt key "
+                            "per rollout, e.g. [key] * B.")
         keys = keys.tolist() if hasattr(keys, "tolist") else list(keys)  # numpy array or tensor of ids
         B = len(keys)
         feats = to_numpy(features, "features")
@@ -246,6 +252,9 @@ class ErrorMemory:
             raise ValueError(f"features has shape {feats.shape}; expected ({B}, F): one row per key.")
         if B and not np.issubdtype(feats.dtype, np.floating):
             raise ValueError(f"features has dtype {feats.dtype}; pass floating-point features.")
+        if B and feats.shape[1] == 0:
+            raise ValueError(f"features has shape {feats.shape}: 0 features per rollout; pass at least one column "
+                             "(use_last_n_layers values).")
         groups = correctness_groups(correct, B)
         if not set(map(type, keys)) <= {str, int}:
             keys = [_normalize_key(k) for k in keys]
@@ -289,8 +298,8 @@ class ErrorMemory:
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
         vote = knn_vote_packed_for(self._backend)  # same rule, same results on every backend
-        label[rows], size[rows] = vote([s.unit for s in old], [s.labels for s in old], batch.unit[queries], counts,
-                                       self.config.knn_k)
+        label[rows], size[rows] = vote([_unit_rows(s.rows) for s in old], [s.labels.astype(np.int64) for s in old],
+                                       batch.unit[queries], counts, self.config.knn_k)
         if self.config.noise_policy == "ignore":
             size[label == -1] = 0
         return label, size
@@ -298,15 +307,15 @@ class ErrorMemory:
     def _staged(self, batch: _Batch) -> list[tuple[_Slot, int, int]]:
         """Step 3a: every touched memory after appending its batch rows and dropping the oldest beyond the cap, as
         (slot holding its buffers, window start, rows); no stored slot changes what it shows."""
-        cap, get, feats, unit = self.config.max_rows_per_memory, self._slots.get, batch.feats, batch.unit
+        cap, get, feats = self.config.max_rows_per_memory, self._slots.get, batch.feats
         out, a = [], 0
         for mk, b in zip(batch.keys, np.cumsum(batch.counts).tolist()):
             slot = get(mk)
             if slot is None:
                 keep = min(b - a, cap)
-                out.append((_Slot.holding(feats[b - keep:b], unit[b - keep:b], None, _capacity(keep, b - a)), 0, keep))
+                out.append((_Slot.holding(feats[b - keep:b], None, _capacity(keep, b - a)), 0, keep))
             else:
-                out.append(slot.staged(feats[a:b], unit[a:b], cap))
+                out.append(slot.staged(feats[a:b], cap))
             a = b
         return out
 
@@ -319,21 +328,46 @@ class ErrorMemory:
             seconds, calls = 0.0, 0
         else:
             if self.config.l2_normalize:
-                problems = [s.unit_buf[a:a + n] for s, a, n in staged]
+                problems = [_unit_rows(s.row_buf[a:a + n]) for s, a, n in staged]
             else:
                 problems = [s.row_buf[a:a + n].astype(np.float64) for s, a, n in staged]
             t0 = time.perf_counter()
             labels = cluster_batch(problems, self._params, self._backend)
             seconds = time.perf_counter() - t0
             calls = int(any(needs_backend(len(p), self._params) for p in problems))
+        slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
-            slot.start, slot.n, slot.labels = start, n, lab
-            self._slots[mk] = slot
+            old = slots.pop(mk, None)
+            self._total += n - (old.n if old is not None else 0)
+            slot.start, slot.n, slot.labels = start, n, lab.astype(np.int32)
+            slots[mk] = slot
+        for key in dict.fromkeys(k for k, _ in batch.keys):  # a visited prompt moves to the end, both its groups
+            for g in (0, 1):
+                if (key, g) in slots:
+                    slots[(key, g)] = slots.pop((key, g))
         return seconds, calls
+
+    def _evict(self, visited: set[Key]) -> tuple[int, int]:
+        """Step 4: drop least recently visited prompts (both groups) while more than ``max_total_rows`` rows are
+        stored; prompts in ``visited`` (this batch) stay. -> (prompts evicted, rows evicted)."""
+        budget, slots = self.config.max_total_rows, self._slots
+        prompts = rows = 0
+        while self._total > budget and slots:
+            key = next(iter(slots))[0]
+            if key in visited:  # everything after it was visited this step too
+                break
+            for g in (0, 1):
+                slot = slots.pop((key, g), None)
+                if slot is not None:
+                    self._total -= slot.n
+                    rows += slot.n
+            prompts += 1
+        return prompts, rows
 
     # ------------------------------------------------------------------ persistence
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the stream bit-identically, as numpy arrays and plain values."""
+        """Everything needed to continue the stream bit-identically, as numpy arrays and plain values: memories in
+        recency order (least recently visited prompt first), ``rows`` float32 [N, dim], ``labels`` int32 [N]."""
         slots = list(self._slots.items())
         dim = self._dim or 0
         return {
@@ -349,48 +383,65 @@ class ErrorMemory:
         }
 
     def load_state_dict(self, state: dict[str, Any], strict: bool = True) -> None:
-        """Replace this memory's content by ``state`` (from :meth:`state_dict`).
+        """Replace this memory's content by ``state`` (from :meth:`state_dict`), after checking it for meaning.
 
-        With ``strict`` the saved config must agree with this memory's on the fields that decide what is
-        stored and how rows are labelled; pass ``strict=False`` to accept a different config knowingly.
+        Parameters
+        ----------
+        state : dict
+            From :meth:`state_dict` (or a file read by :meth:`load`).
+        strict : bool
+            The saved config must agree with this memory's on the settings that define a stored row
+            (``use_last_n_layers``, ``use_layer_diff``, ``final_norm``, ``answer_marker``, ``l2_normalize``) and
+            how rows are labelled (clustering fields, ``max_rows_per_memory``). ``strict=False`` accepts a
+            different config knowingly.
+
+        Raises
+        ------
+        MemoryFileError
+            The state is inconsistent (the message names the field), or its settings differ under ``strict``.
         """
-        version = state.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"memory state has format_version {version!r}; this meds_core reads {FORMAT_VERSION}.")
-        saved = state["config"]
-        if strict:
-            diff = {f: (saved.get(f), getattr(self.config, f)) for f in _STATE_FIELDS
-                    if saved.get(f) != getattr(self.config, f)}
-            if diff:
-                raise ValueError(f"saved memory was built with different settings {diff} (saved, current); use "
-                                 "ErrorMemory.load(path) to take the saved config, or load_state_dict(state, "
-                                 "strict=False).")
-        keys, groups, lengths = list(state["keys"]), np.asarray(state["groups"]), np.asarray(state["lengths"])
-        rows, labels = np.asarray(state["rows"], dtype=np.float32), np.asarray(state["labels"], dtype=np.int64)
-        if not (len(keys) == len(groups) == len(lengths)) or lengths.sum() != len(rows) or len(rows) != len(labels):
-            raise ValueError("memory state is inconsistent: keys/groups/lengths/rows/labels do not line up.")
+        self._load_checked(check_state(state), strict)
+
+    def _load_checked(self, state: dict[str, Any], strict: bool, source: str = "memory state") -> None:
+        current = self.config.to_dict()
+        diff = settings_mismatch(state["config"], current)
+        if strict and diff:
+            raise MemoryFileError(f"{source} was built with different settings {diff} (saved, current); a memory "
+                                  "only means something under the feature and clustering settings that built it. "
+                                  "Use the saved settings (ErrorMemory.load(path) without config), start a new "
+                                  "memory, or pass strict=False to load it anyway.")
+        rows, labels, lengths = state["rows"], state["labels"], state["lengths"]
         slots: dict[tuple[Key, int], _Slot] = {}
-        ends = np.cumsum(lengths)
-        unit = _unit_rows(rows)
-        for key, group, end, n in zip(keys, groups.tolist(), ends.tolist(), lengths.tolist()):
-            slots[(_normalize_key(key), int(group))] = _Slot.holding(rows[end - n:end], unit[end - n:end],
-                                                                     labels[end - n:end].copy())
+        ends = np.cumsum(lengths).tolist()
+        for key, group, end, n in zip(state["keys"], state["groups"].tolist(), ends, lengths.tolist()):
+            # A view of the loaded rows with no room after it: the first append moves it to its own buffer.
+            slots[(_normalize_key(key), group)] = _Slot(rows[end - n:end], 0, n, labels[end - n:end])
         self._slots = slots
-        self._dim = int(state["dim"]) or None
-        self._step = int(state["step"])
+        self._total = int(lengths.sum())
+        self._dim = state["dim"] or None
+        self._step = state["step"]
 
     def save(self, path: str) -> None:
-        """Write the memory atomically (temp file + rename) in the compact checksummed binary format."""
+        """Write the memory atomically (temp file + rename) in the compact checksummed binary format.
+
+        A symlink at ``path`` is followed; the file gets the umask's permissions; ``.meds_memory.*.tmp`` files
+        left in the folder by killed saves are removed. Size: about ``rows * (4 * dim + 4)`` bytes plus the keys.
+        """
         write_state(path, self.state_dict())
 
     @classmethod
-    def load(cls, path: str, config: MEDSConfig | None = None) -> "ErrorMemory":
-        """Read a file written by :meth:`save`; the saved config is used unless ``config`` is given."""
+    def load(cls, path: str, config: MEDSConfig | None = None, strict: bool = True) -> "ErrorMemory":
+        """Read a file written by :meth:`save`, checked for bytes (SHA-256) and meaning (every field).
+
+        The saved config is used unless ``config`` is given; then ``strict`` applies as in :meth:`load_state_dict`.
+        Every failure (missing file, directory, corrupt, inconsistent, other settings) is a
+        :class:`MemoryFileError`.
+        """
         state = read_state(path)
         if config is None:
             config = MEDSConfig.from_dict(state["config"])
         memory = cls(config)
-        memory.load_state_dict(state, strict=True)
+        memory._load_checked(state, strict, repr(str(path)))
         return memory
 
     def __repr__(self) -> str:

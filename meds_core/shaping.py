@@ -39,11 +39,17 @@ def _penalty_and_masks(cluster_size, correct, penalty_coef, cap, target, group_i
     if target not in CHOICES["cluster_penalty_target"]:
         raise ValueError(f"target={target!r} is not valid; use one of {list(CHOICES['cluster_penalty_target'])}.")
     for name, v in (("penalty_coef", penalty_coef), ("cap", cap)):
-        if not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name}={v!r} must be a finite number >= 0.")
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                or not np.isfinite(v) or v < 0:
+            raise ValueError(f"{name}={v!r} must be a finite number >= 0 (a float, not a string).")
     size = _to_numpy(cluster_size, "cluster_size")
-    if size.size and (not np.issubdtype(size.dtype, np.number) or (size < 0).any()):
-        raise ValueError(f"cluster_size must hold counts >= 0, got {size[:5].tolist()}...")
+    if size.size:
+        if size.dtype == bool or not np.issubdtype(size.dtype, np.number):
+            raise ValueError(f"cluster_size has dtype {size.dtype}; pass integer counts (StepResult.cluster_size).")
+        bad = ~np.isfinite(size) | (size < 0) | (size != np.floor(size)) if size.dtype.kind == "f" else size < 0
+        if bad.any():
+            raise ValueError(f"cluster_size must hold counts >= 0 (whole numbers), got {size[bad][:5].tolist()}; pass "
+                             "StepResult.cluster_size.")
     groups = correctness_groups(correct, len(size))
     hit_wrong = (groups == 0) & (target in ("wrong", "both"))
     hit_right = (groups == 1) & (target in ("right", "both"))

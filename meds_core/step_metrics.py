@@ -9,6 +9,8 @@ Names (each a float; the adapters log them as they are):
 ``meds/clusters_mean``    mean number of distinct clusters (labels >= 0, noise excluded) per memory touched this step,
                           read from the memory after the step's re-clustering; 0 when no memory was touched.
 ``meds/memory_rows``      rows stored over all memories after the step (``StepResult.stats["rows_stored"]``).
+``meds/evicted_prompts`` prompts evicted whole by the ``max_total_rows`` budget at this step
+                          (``StepResult.stats["evicted_prompts"]``).
 ``meds/no_answer_frac``   fraction of rows with no answer marker (no feature, never penalised).
 ``meds/cluster_seconds``  seconds spent in the step's clustering call (``StepResult.stats["cluster_seconds"]``).
 """
@@ -26,7 +28,7 @@ from meds_core.memory import ErrorMemory, StepResult
 __all__ = ["METRIC_NAMES", "step_metrics"]
 
 METRIC_NAMES = ("meds/penalty_mean", "meds/penalized_frac", "meds/clusters_mean", "meds/memory_rows",
-                "meds/no_answer_frac", "meds/cluster_seconds")
+                "meds/evicted_prompts", "meds/no_answer_frac", "meds/cluster_seconds")
 
 _TARGET_GROUPS = {"wrong": (0,), "right": (1,), "both": (0, 1), "none": ()}
 
@@ -73,6 +75,7 @@ def step_metrics(memory: ErrorMemory, step: StepResult, keys: Sequence[Any], pen
         "meds/penalized_frac": float((pen > 0).mean()) if n else 0.0,
         "meds/clusters_mean": float(np.mean(clusters)) if clusters else 0.0,
         "meds/memory_rows": float(step.stats.get("rows_stored", memory.num_rows)),
+        "meds/evicted_prompts": float(step.stats.get("evicted_prompts", 0)),
         "meds/no_answer_frac": float(miss.mean()) if n else 0.0,
         "meds/cluster_seconds": float(step.stats.get("cluster_seconds", 0.0)),
     }

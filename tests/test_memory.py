@@ -334,3 +334,289 @@ def test_save_replaces_an_existing_file_atomically(tmp_path):
     memory.save(str(path))
     assert ErrorMemory.load(str(path)).num_rows == 1
     assert sorted(os.listdir(tmp_path)) == ["m.bin"]
+
+
+# ---------------------------------------------------------------------------------------------- meaning checks
+def _saved(tmp_path, **config):
+    memory = ErrorMemory(_config(**config))
+    for s in blob_stream(5, steps=3):
+        memory.update(*s)
+    path = tmp_path / "good.bin"
+    memory.save(path)
+    return memory, path
+
+
+def _parts(path):
+    """(header dict, rows float32 [N, F], labels int32 [N]) of a saved file."""
+    import json
+    import struct
+
+    data = path.read_bytes()
+    _, _, head_len = struct.unpack_from("<8sIQ", data)
+    start = 20 + head_len
+    header = json.loads(data[20:start])
+    n, f = header["arrays"]["rows"][0]
+    rows = np.frombuffer(data, "<f4", n * f, start).reshape(n, f).copy()
+    labels = np.frombuffer(data, "<i4", n, start + 4 * n * f).copy()
+    return header, rows, labels
+
+
+def _forge(path, header, rows, labels, raw_head=None):
+    """Write a file with a VALID checksum around any header and arrays: only the meaning checks can catch it."""
+    import hashlib
+    import json
+    import struct
+
+    rows, labels = np.ascontiguousarray(rows, "<f4"), np.ascontiguousarray(labels, "<i4")
+    if raw_head is None:
+        header = dict(header, arrays={"rows": [list(rows.shape), rows.nbytes],
+                                      "labels": [list(labels.shape), labels.nbytes]})
+        raw_head = json.dumps(header).encode()
+    body = struct.pack("<8sIQ", b"MEDSMEM\0", 1, len(raw_head)) + raw_head + rows.tobytes() + labels.tobytes()
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    return path
+
+
+def _shift(h, r, la):
+    h["lengths"][0] -= 5
+    h["lengths"][1] += 5
+
+
+def _negative(h, r, la):
+    h["lengths"][0] = -h["lengths"][0]
+    h["lengths"][1] += 2 * abs(h["lengths"][0])
+
+
+def _more(h, r, la):
+    h["lengths"][0] += 7
+
+
+def _dup(h, r, la):
+    h["keys"][1], h["groups"][1] = h["keys"][0], h["groups"][0]
+
+
+def _nan(h, r, la):
+    r[3] = np.nan
+
+
+HEADER_BREAKS = {
+    "lengths sum differs from the rows": (_more, "lengths"),
+    "negative length": (_negative, "lengths"),
+    "duplicate (key, group)": (_dup, "keys"),
+    "dim differs from the rows' width": (lambda h, r, la: h.update(dim=h["dim"] + 1), "dim"),
+    "non-finite row": (_nan, "rows"),
+    "negative step": (lambda h, r, la: h.update(step=-1), "step"),
+    "format version 0": (lambda h, r, la: h.update(format_version=0), "format_version"),
+    "float step": (lambda h, r, la: h.update(step=2.5), "step"),
+    "float key": (lambda h, r, la: h["keys"].__setitem__(0, 1.5), "keys"),
+    "bool key": (lambda h, r, la: h["keys"].__setitem__(0, True), "keys"),
+    "keys as one string": (lambda h, r, la: h.update(keys="abc"), "keys"),
+    "group 2": (lambda h, r, la: h["groups"].__setitem__(0, 2), "groups"),
+    "groups of another length": (lambda h, r, la: h["groups"].pop(), "groups"),
+    "config not a dict": (lambda h, r, la: h.update(config=[1, 2]), "config"),
+    "config with an unknown key": (lambda h, r, la: h["config"].update(bogus=1), "config"),
+    "config with a bad value": (lambda h, r, la: h["config"].update(knn_k=0), "config"),
+    "rows beyond the cap": (lambda h, r, la: h["config"].update(max_rows_per_memory=2), "lengths"),
+    "label below -1": (lambda h, r, la: la.__setitem__(0, -7), "labels"),
+    "missing field": (lambda h, r, la: h.pop("step"), "step"),
+    "string dim": (lambda h, r, la: h.update(dim="6"), "dim"),
+    "nested lists as lengths": (lambda h, r, la: h.update(lengths=[[1]] * len(h["keys"])), "lengths"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HEADER_BREAKS))
+def test_a_file_with_a_valid_checksum_but_inconsistent_content_is_refused_naming_the_field(tmp_path, case):
+    _, path = _saved(tmp_path)
+    header, rows, labels = _parts(path)
+    assert len(header["keys"]) >= 2 and min(header["lengths"][:2]) > 5
+    breaks, field = HEADER_BREAKS[case]
+    breaks(header, rows, labels)
+    bad = _forge(tmp_path / "bad.bin", header, rows, labels)
+    with pytest.raises(MemoryFileError, match=f"'{field}'"):
+        ErrorMemory.load(bad)
+    with pytest.raises(MemoryFileError):
+        ErrorMemory.load(bad, config=_config())
+
+
+def test_shifted_lengths_that_still_sum_right_load_exactly_what_the_file_says(tmp_path):
+    # A shift that keeps every count valid describes another consistent memory: the checksum signed it, so it
+    # loads, and it loads exactly the rows the lengths say (never more rows than the file holds).
+    _, path = _saved(tmp_path)
+    header, rows, labels = _parts(path)
+    _shift(header, rows, labels)
+    got = ErrorMemory.load(_forge(tmp_path / "shifted.bin", header, rows, labels))
+    assert got.num_rows == len(rows)
+    assert len(got.rows(header["keys"][0], header["groups"][0])) == header["lengths"][0]
+
+
+@pytest.mark.parametrize("raw, what", [
+    (b"[" * 100_000 + b"]" * 100_000, "nesting"),
+    (b"[1, 2]", "a list"),
+    (b"\xff\xfe", "bad utf-8"),
+    (b'{"arrays": {"rows": "x", "labels": [[0], 0]}}', "bad array table"),
+])
+def test_malformed_headers_raise_memory_file_error(tmp_path, raw, what):
+    path = _forge(tmp_path / "bad.bin", None, np.zeros((0, 6)), np.zeros(0), raw_head=raw)
+    with pytest.raises(MemoryFileError):
+        ErrorMemory.load(path)
+
+
+def test_missing_file_and_directory_raise_memory_file_error(tmp_path):
+    with pytest.raises(MemoryFileError, match="does not exist"):
+        ErrorMemory.load(tmp_path / "nope.bin")
+    with pytest.raises(MemoryFileError, match="is a directory"):
+        ErrorMemory.load(tmp_path)
+
+
+def test_memory_file_error_is_public_and_a_value_error():
+    import meds_core
+
+    assert meds_core.MemoryFileError is MemoryFileError and issubclass(MemoryFileError, ValueError)
+    assert "MemoryFileError" in meds_core.__all__
+
+
+def test_load_state_dict_checks_meaning_too():
+    memory = ErrorMemory(_config())
+    for s in blob_stream(2, steps=2):
+        memory.update(*s)
+    state = memory.state_dict()
+    state["lengths"] = state["lengths"].copy()
+    state["lengths"][0] += 1
+    with pytest.raises(MemoryFileError, match="'lengths'"):
+        ErrorMemory(_config()).load_state_dict(state)
+    with pytest.raises(MemoryFileError, match="'state'"):
+        ErrorMemory(_config()).load_state_dict([1, 2])
+
+
+FEATURE_CHANGES = {"use_last_n_layers": 5, "use_layer_diff": True, "final_norm": "all", "answer_marker": "Answer:",
+                   "l2_normalize": False}
+
+
+@pytest.mark.parametrize("name", sorted(FEATURE_CHANGES))
+def test_other_feature_settings_refuse_to_load_unless_strict_false(tmp_path, name):
+    memory, path = _saved(tmp_path)
+    other = MEDSConfig(**dict(memory.config.to_dict(), **{name: FEATURE_CHANGES[name]}))
+    with pytest.raises(MemoryFileError, match=f"different settings.*'{name}'"):
+        ErrorMemory.load(path, config=other)
+    with pytest.raises(MemoryFileError, match=name):
+        ErrorMemory(other).load_state_dict(memory.state_dict())
+    loose = ErrorMemory.load(path, config=other, strict=False)
+    assert loose.num_rows == memory.num_rows and loose.config == other
+
+
+# ---------------------------------------------------------------------------------------------- storage and budget
+def test_stored_form_is_float32_rows_and_int32_labels_only():
+    memory = ErrorMemory(_config(max_rows_per_memory=40))
+    for s in blob_stream(3, steps=6):
+        memory.update(*s)
+    arrays = [a for slot in memory._slots.values() for a in (slot.row_buf, slot.labels)]
+    assert {a.dtype for a in arrays} == {np.dtype(np.float32), np.dtype(np.int32)}
+    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels"} for slot in memory._slots.values())
+    F = memory.state_dict()["dim"]
+    held = sum(slot.row_buf.nbytes + slot.labels.nbytes for slot in memory._slots.values())
+    # growth room is at most half the rows, or 2x one step's rows per memory (blob_stream: <= 8 per memory)
+    bound = sum(max(1.5 * s.n, s.n + 16) for s in memory._slots.values()) * 4 * F + 4 * memory.num_rows
+    assert 4 * (F + 1) * memory.num_rows <= held <= bound
+    assert memory.labels(*memory.keys()[0]).dtype == np.int64  # the public view stays int64
+
+
+def _lru_oracle(stream, budget):
+    """Plain-python model of the budget: prompts ordered by last visit; evict the oldest, whole, while over."""
+    order, rows, evicted = [], {}, []
+    for keys, feats, correct in stream:
+        valid = np.isfinite(feats).all(1) & (np.asarray(correct) >= 0)
+        seen = list(dict.fromkeys(k for k, v in zip(keys, valid) if v))
+        for k, v, c in zip(keys, valid, correct):
+            if v:
+                rows[(k, int(c))] = rows.get((k, int(c)), 0) + 1
+        for k in seen:
+            if k in order:
+                order.remove(k)
+            order.append(k)
+        n = 0
+        while sum(rows.values()) > budget and order and order[0] not in seen:
+            k = order.pop(0)
+            rows.pop((k, 0), None)
+            rows.pop((k, 1), None)
+            n += 1
+        evicted.append(n)
+    return order, rows, evicted
+
+
+def test_global_budget_evicts_least_recently_visited_prompts_whole(tmp_path):
+    rng = np.random.default_rng(0)
+    stream = []
+    for _ in range(12):
+        keys = rng.choice(30, size=10, replace=True).tolist()
+        stream.append((keys, rng.normal(size=(10, 6)), rng.integers(0, 2, size=10)))
+    budget = 25
+    memory = ErrorMemory(_config(max_total_rows=budget, cluster_method="single"))
+    order, rows, evicted = _lru_oracle(stream, budget)
+    got = [memory.update(*s).stats for s in stream]
+    assert [s["evicted_prompts"] for s in got] == evicted and sum(evicted) > 5
+    assert all(s["rows_stored"] <= budget for s in got)
+    assert memory.num_rows == sum(rows.values()) == sum(len(memory.rows(*mk)) for mk in memory.keys())
+    assert list(dict.fromkeys(k for k, _ in memory.keys())) == order
+    assert {mk: len(memory.rows(*mk)) for mk in memory.keys()} == rows
+    # the recency order survives a file, so a resumed run evicts the same prompts
+    memory.save(tmp_path / "m.bin")
+    assert ErrorMemory.load(tmp_path / "m.bin").keys() == memory.keys()
+
+
+def test_budget_never_evicts_the_current_batch():
+    memory = ErrorMemory(_config(max_total_rows=3, cluster_method="single"))
+    memory.update(["a", "a"], np.ones((2, 6)), [0, 1])
+    stats = memory.update(["b"] * 5, np.ones((5, 6)), [0] * 5).stats
+    assert stats["evicted_prompts"] == 1 and stats["evicted_rows"] == 2 and memory.keys() == [("b", 0)]
+    assert memory.num_rows == 5  # over budget only while one step's own prompts exceed it
+
+
+def test_budget_and_eviction_keep_the_stream_bit_identical_through_a_file(tmp_path):
+    stream = []
+    for t, (keys, feats, correct) in enumerate(blob_stream(8, steps=10)):  # two of the six prompts per step
+        rows = np.r_[16 * (t % 6):16 * (t % 6) + 16, 16 * ((t + 2) % 6):16 * ((t + 2) % 6) + 16]
+        stream.append(([keys[i] for i in rows], feats[rows], correct[rows]))
+    cfg = dict(max_rows_per_memory=30, max_total_rows=90)
+    full = ErrorMemory(_config(**cfg))
+    expected = [full.update(*s) for s in stream]
+    assert sum(e.stats["evicted_prompts"] for e in expected) > 0
+    part = ErrorMemory(_config(**cfg))
+    for s in stream[:4]:
+        part.update(*s)
+    part.save(tmp_path / "m.bin")
+    resumed = ErrorMemory.load(tmp_path / "m.bin")
+    for s, want in zip(stream[4:], expected[4:]):
+        got = resumed.update(*s)
+        np.testing.assert_array_equal(got.cluster_size, want.cluster_size)
+        assert got.stats["evicted_prompts"] == want.stats["evicted_prompts"]
+    assert resumed.keys() == full.keys()
+
+
+# ---------------------------------------------------------------------------------------------- the file on disk
+def test_save_removes_stale_temp_files_and_uses_the_umask(tmp_path):
+    memory = ErrorMemory(_config())
+    memory.update(["a"], np.ones((1, 6)), [0])
+    for name in (".meds_memory.dead1.tmp", ".meds_memory.abc123.tmp"):
+        (tmp_path / name).write_bytes(b"x" * 100)
+    (tmp_path / "keep.tmp").write_bytes(b"y")
+    old = os.umask(0o027)
+    try:
+        memory.save(tmp_path / "m.bin")
+    finally:
+        os.umask(old)
+    assert sorted(os.listdir(tmp_path)) == ["keep.tmp", "m.bin"]
+    assert (os.stat(tmp_path / "m.bin").st_mode & 0o777) == 0o640
+
+
+def test_save_through_a_symlink_writes_the_target_and_keeps_the_link(tmp_path):
+    memory = ErrorMemory(_config())
+    memory.update(["a"], np.ones((1, 6)), [0])
+    (tmp_path / "store").mkdir()
+    target = tmp_path / "store" / "real.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    memory.save(link)
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert ErrorMemory.load(target).num_rows == 1
+    assert sorted(os.listdir(tmp_path)) == ["link.bin", "store"]

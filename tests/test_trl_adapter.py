@@ -72,6 +72,8 @@ class Recording(MEDSGRPOTrainer):
         if self.model.training:
             self.rec[-1]["rewards_per_func"] = out.detach().cpu().numpy().copy()
             self.rec[-1]["raw"] = np.array(T.accuracy(completions, [x["answer"] for x in inputs]))
+            self.rec[-1]["keys"] = [x.get("prompt_id") for x in inputs]
+            self.rec[-1]["memory"] = self.meds_memory.state_dict()
         return out
 
     def _generate_and_score_completions(self, inputs):
@@ -371,3 +373,128 @@ def test_penalty_reward_on_a_stock_trainer_matches_the_trainer(tmp_path):
 def test_penalty_reward_must_be_bound():
     with pytest.raises(RuntimeError, match=r"call meds\.bind\(trainer\)"):
         MEDSPenaltyReward(T.accuracy)(prompts=["1 + 2 ="], completions=["x"], completion_ids=[[1]])
+
+
+# -- crash-safe checkpoints --------------------------------------------------------------------------------------------
+
+
+def test_a_kill_at_any_point_of_the_save_leaves_a_resumable_run_with_the_uninterrupted_memory(tmp_path):
+    """One real GRPOTrainer run per kill point, each resuming (resume_from_checkpoint=True) from the previous
+    kill and killing itself (os._exit) at the next point, in the order of the save sequence; then one resume that
+    finishes. save_total_limit=1, so a rotation before the memory is written would leave nothing to resume."""
+    import json
+
+    from meds_core.adapters.trl import last_complete_checkpoint
+
+    from meds_core import ErrorMemory
+
+    script = os.path.join(os.path.dirname(__file__), "trl_kill_during_save.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    points = ("model", "optimizer", "rng", "trainer_state", "memory_partial", "memory_tmp", "memory", "end")
+    max_steps = 5
+
+    def run(out, point, resume):
+        proc = subprocess.run([sys.executable, script, str(out), point, str(int(resume)), str(max_steps)], env=env,
+                              capture_output=True, text=True, timeout=300)
+        return proc.returncode, proc.stderr[-3000:]
+
+    ref = tmp_path / "uninterrupted"
+    ref.mkdir()
+    rc, err = run(ref, "none", False)
+    assert rc == 0, err
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    expected_resume = []
+    for i, point in enumerate(points):
+        rc, err = run(crashed, point, resume=i > 0)
+        assert rc == 86, f"kill point {point!r} was not reached: rc={rc}\n{err}"
+        log = [json.loads(line) for line in (crashed / "log.jsonl").read_text().splitlines()]
+        # the kill was at the save of step start+1 (step 2 for the first run)
+        start = int(log[-1]["resumed_from"].rsplit("-", 1)[1]) if i else 1
+        killed_at = start + 1
+        complete_at = killed_at if point in ("memory", "end") else start
+        found = last_complete_checkpoint(crashed / "out")
+        assert found is not None and found.endswith(f"checkpoint-{complete_at}"), (point, found)
+        expected_resume.append(complete_at)
+        folders = sorted(p.name for p in (crashed / "out").iterdir() if p.name.startswith("checkpoint-"))
+        if complete_at < killed_at:  # the incomplete folder is there, and Transformers alone would pick it
+            assert f"checkpoint-{killed_at}" in folders
+        assert f"checkpoint-{complete_at}" in folders
+    rc, err = run(crashed, "none", resume=True)
+    assert rc == 0, err
+    log = [json.loads(line) for line in (crashed / "log.jsonl").read_text().splitlines()]
+    resumes = [r for r in log if r.get("resume")]
+    assert [int(r["resumed_from"].rsplit("-", 1)[1]) for r in resumes] == expected_resume
+    assert any(r["transformers_pick"] != r["resumed_from"] for r in resumes)  # the guard mattered
+    assert log[-1] == {"finished": True, "memory_step": max_steps}
+    a, b = ErrorMemory.load(ref / "final.bin").state_dict(), ErrorMemory.load(crashed / "final.bin").state_dict()
+    assert a["keys"] == b["keys"] and a["step"] == b["step"] == max_steps
+    for name in ("groups", "lengths", "rows", "labels"):
+        np.testing.assert_array_equal(a[name], b[name])
+    leftovers = [p for p in (crashed / "out").rglob(".meds_memory.*.tmp")]
+    assert leftovers == []  # the killed saves' temp files were removed by the next save into that folder
+    assert sorted(p.name for p in (crashed / "out").iterdir() if p.name.startswith("checkpoint-")) == \
+        [f"checkpoint-{max_steps}"]  # save_total_limit=1, counted over complete checkpoints
+
+
+def test_resume_true_refuses_when_no_checkpoint_is_complete(tmp_path):
+    tr = make(tmp_path, max_steps=1)
+    (tmp_path / "out" / "checkpoint-3").mkdir(parents=True)
+    (tmp_path / "out" / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    with pytest.raises(ValueError, match="no complete checkpoint .*meds_memory.bin"):
+        tr.train(resume_from_checkpoint=True)
+
+
+# -- what a TRL resume does and does not reproduce ---------------------------------------------------------------------
+
+
+def _same_state(a, b):
+    return a["keys"] == b["keys"] and a["step"] == b["step"] and all(
+        np.array_equal(a[n], b[n]) for n in ("groups", "lengths", "rows", "labels"))
+
+
+def _checkpoint_memory(out, step):
+    from meds_core import ErrorMemory
+
+    return ErrorMemory.load(out / f"checkpoint-{step}" / "meds_memory.bin").state_dict()
+
+
+def test_resume_after_the_first_epoch_continues_the_memory_but_trl_replays_another_prompt_order(tmp_path):
+    from meds_core import ErrorMemory
+
+    full = make(tmp_path / "a", max_steps=8, save_strategy="steps", save_steps=1)  # 4 steps per epoch
+    full.train()
+    for k in range(1, 9):  # every checkpoint holds exactly the memory the run had after step k
+        assert _same_state(_checkpoint_memory(tmp_path / "a" / "out", k), full.rec[k - 1]["memory"])
+    resumed = make(tmp_path / "b", max_steps=8, save_strategy="steps", save_steps=1)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-5"))
+    assert len(resumed.rec) == 3 and resumed.meds_memory.step == full.meds_memory.step == 8
+    # TRL's sampler does not restore the second epoch's permutation: the resumed epoch replays the first one's.
+    assert [r["keys"] for r in resumed.rec] == [r["keys"] for r in full.rec[1:4]]
+    assert [r["keys"] for r in resumed.rec] != [r["keys"] for r in full.rec[5:8]]
+    # MEDS itself is exact: the resumed memory is the checkpoint's, updated with the batches TRL gave it.
+    replay = ErrorMemory.load(tmp_path / "a" / "out" / "checkpoint-5" / "meds_memory.bin", config=CONFIG)
+    for r in resumed.rec:
+        np.testing.assert_array_equal(replay.update(r["keys"], r["features"], r["correct"]).cluster_size, r["sizes"])
+    assert _same_state(replay.state_dict(), resumed.meds_memory.state_dict())
+
+
+def test_resume_inside_a_generation_batch_regenerates_it_and_updates_the_memory_once_more(tmp_path):
+    kw = dict(max_steps=6, save_strategy="steps", save_steps=1, steps_per_generation=2)
+    full = make(tmp_path / "a", **kw)
+    full.train()
+    assert len(full.rec) == 3  # one generation batch (one memory update) per 2 optimizer steps
+    for k in range(1, 7):  # checkpoint-k holds the memory after the generation batch that step k trained on
+        assert _same_state(_checkpoint_memory(tmp_path / "a" / "out", k), full.rec[(k - 1) // 2]["memory"])
+    on_boundary = make(tmp_path / "b", **kw)
+    on_boundary.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-2"))
+    assert [r["keys"] for r in on_boundary.rec] == [r["keys"] for r in full.rec[1:]]
+    for a, b in zip(full.rec[1:], on_boundary.rec):
+        np.testing.assert_array_equal(a["sizes"], b["sizes"])
+    assert _same_state(on_boundary.meds_memory.state_dict(), full.meds_memory.state_dict())
+    inside = make(tmp_path / "c", **kw)
+    inside.train(resume_from_checkpoint=str(tmp_path / "a" / "out" / "checkpoint-3"))
+    # TRL does not save the second half of generation batch 2: it generates batch 2 again for step 4, and MEDS
+    # records that new batch as one more update.
+    assert [r["keys"] for r in inside.rec] == [r["keys"] for r in full.rec[1:]]
+    assert inside.meds_memory.step == full.meds_memory.step + 1

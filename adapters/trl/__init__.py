@@ -4,6 +4,8 @@
   advantages, reusing TRL's own no-grad log-prob forward for the features when TRL runs one.
 - :class:`MEDSPenaltyReward`: a reward function for a stock ``GRPOTrainer`` (always one extra forward).
 
+- :func:`last_complete_checkpoint`: the newest checkpoint a killed run can resume from (no TRL import).
+
 TRL is imported only when one of them is first used; the installed version is checked then.
 """
 
@@ -12,8 +14,9 @@ from __future__ import annotations
 from typing import Any
 
 from ._version import SUPPORTED_TRL, check_trl_version
+from .checkpoints import last_complete_checkpoint
 
-__all__ = ["MEDSGRPOTrainer", "MEDSPenaltyReward", "SUPPORTED_TRL", "check_trl_version"]
+__all__ = ["MEDSGRPOTrainer", "MEDSPenaltyReward", "SUPPORTED_TRL", "check_trl_version", "last_complete_checkpoint"]
 
 
 def __getattr__(name: str) -> Any:

@@ -28,12 +28,11 @@ from meds_core.memory import ErrorMemory
 from meds_core.rl_step import meds_step
 
 from ._version import check_trl_version
+from .checkpoints import MEMORY_FILE
 from .features import forward_features
 from .step import correctness, prompt_text_key
 
 logger = logging.getLogger(__name__)
-
-MEMORY_FILE = "meds_memory.bin"
 
 
 class MEDSPenaltyReward:

@@ -17,6 +17,7 @@ from meds_core.rl_step import meds_step
 
 from ._version import SUPPORTED_TRL, check_trl_version
 from .batch import answer_rows, split_batch
+from .checkpoints import MEMORY_FILE, last_complete_checkpoint, rotate_complete_checkpoints
 from .features import forward_features
 from .step import correctness, prompt_text_key
 
@@ -27,8 +28,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 from trl import GRPOTrainer  # noqa: E402
 
 logger = logging.getLogger(__name__)
-
-MEMORY_FILE = "meds_memory.bin"
 
 
 class MEDSGRPOTrainer(GRPOTrainer):
@@ -55,6 +54,10 @@ class MEDSGRPOTrainer(GRPOTrainer):
     ``meds/seconds``: MEDS's own wall time per generation batch (answers, layout check, capture arm/collect or the
     extra forward, gathers, memory update, shaping; not the hooks' row copies inside TRL's forward), also kept in
     ``trainer.meds_seconds``.
+
+    Checkpoints are crash-safe (see :mod:`.checkpoints`): ``meds_memory.bin`` is written after TRL's own files and
+    before old checkpoints are rotated, so a kill at any moment leaves a resumable complete checkpoint, and
+    ``train(resume_from_checkpoint=True)`` resumes from the newest complete one.
     """
 
     def __init__(self, *args: Any, meds_config: MEDSConfig | None = None, prompt_key_column: str = "prompt_id",
@@ -226,13 +229,30 @@ class MEDSGRPOTrainer(GRPOTrainer):
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
 
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if resume_from_checkpoint is True:  # Transformers would take the highest-numbered folder, complete or not
+            found = last_complete_checkpoint(self.args.output_dir)
+            if found is None:
+                raise ValueError(f"resume_from_checkpoint=True: no complete checkpoint (a checkpoint-N folder with "
+                                 f"trainer_state.json and {MEMORY_FILE}) in {self.args.output_dir!r}; pass the "
+                                 "folder to resume from explicitly.")
+            resume_from_checkpoint = found
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
-        if self.args.should_save:  # written first, so a checkpoint with a trainer state always has its memory
-            name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            folder = os.path.join(self._get_output_dir(trial=trial), name)
-            os.makedirs(folder, exist_ok=True)
+        # TRL's files first, with Transformers' rotation held back; then the memory (its presence marks the
+        # checkpoint complete); then the rotation, which only counts complete checkpoints.
+        limit = self.args.save_total_limit
+        self.args.save_total_limit = None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.save_total_limit = limit
+        if self.args.should_save:
+            run_dir = self._get_output_dir(trial=trial)
+            folder = os.path.join(run_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
             self.meds_memory.save(os.path.join(folder, MEMORY_FILE))
-        super()._save_checkpoint(model, trial)
+            rotate_complete_checkpoints(run_dir, limit, self.state.best_model_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
@@ -242,8 +262,8 @@ class MEDSGRPOTrainer(GRPOTrainer):
         if os.path.exists(path):
             self.meds_memory = ErrorMemory.load(path, config=self.meds_config)
         else:
-            logger.warning("MEDS: checkpoint %s has no %s (saved without MEDS?); MEDS resumes with an empty memory.",
-                           checkpoint, MEMORY_FILE)
+            logger.warning("MEDS: checkpoint %s has no %s (saved without MEDS, or killed while saving); MEDS "
+                           "resumes with an empty memory.", checkpoint, MEMORY_FILE)
 
 
 __all__ = ["MEDSGRPOTrainer", "MEMORY_FILE", "SUPPORTED_TRL"]
