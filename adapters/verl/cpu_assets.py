@@ -1,4 +1,4 @@
-"""Local inputs of the veRL CPU run: a tiny policy, its tokenizer and ~32 problems, written in seconds, nothing
+"""Local inputs of the veRL CPU run: a tiny policy, its tokenizer and 12 + 4 problems, written in seconds, nothing
 downloaded.
 
 * **Problems**: the toy task of ``meds demo`` ("a + b =", answers 4..18) as veRL rows in exactly the schema
@@ -13,8 +13,8 @@ downloaded.
   otherwise: groups are mixed, so GRPO has signal and MEDS has error modes to remember.
 
 ``python -m meds_core.adapters.verl.cpu_assets --out DIR`` writes ``DIR/model/``, ``DIR/tokenizer/``,
-``DIR/train.parquet`` and
-``DIR/val.parquet``. ``--broken-index`` writes a training set without ``extra_info.index`` (for the start-up check);
+``DIR/train.parquet`` and ``DIR/val.parquet``. ``--broken-index`` writes a training set without
+``extra_info.index`` (for the start-up check);
 ``--hopeless N`` gives the first N training problems a reference answer the policy cannot write, so that with
 ``data.shuffle=False`` the first generated batch is entirely filtered out by dynamic sampling.
 """
@@ -41,7 +41,7 @@ def _content(a: int, b: int) -> str:
     return f"{prompt_text(a, b)}\n{INSTRUCTION}"
 
 
-def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, warm_steps: int = 80,
+def build_assets(out: str, n_train: int = 12, n_val: int = 4, seed: int = 0, warm_steps: int = 80,
                  drop_index: bool = False, hopeless: int = 0) -> dict[str, Any]:
     """Write the model folder and the two parquet files under ``out``; returns their paths and the warm-start log.
 
@@ -50,7 +50,9 @@ def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, war
     out : str
         Output folder (created).
     n_train, n_val : int
-        Training and validation problems (distinct "a + b" pairs, at most 63 together).
+        Training and validation problems (distinct "a + b" pairs, at most 63 together). 12 training problems in
+        batches of 4 come back from step 3 on: MEDS penalises a rollout by the memory of earlier visits of its
+        prompt, so a 4-step run needs prompts that return.
     seed : int
         Seeds the problem choice, the answer mixtures, the model init and the warm start.
     warm_steps : int
@@ -103,13 +105,16 @@ def build_assets(out: str, n_train: int = 32, n_val: int = 8, seed: int = 0, war
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="output folder (model/, tokenizer/, train.parquet, val.parquet)")
+    parser.add_argument("--train", type=int, default=12, help="training problems (default 12)")
+    parser.add_argument("--val", type=int, default=4, help="validation problems (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of problems, model and warm start (default 0)")
     parser.add_argument("--broken-index", action="store_true",
                         help="write training rows without extra_info.index (to see the start-up refusal)")
     parser.add_argument("--hopeless", type=int, default=0, metavar="N",
                         help="make the first N training problems unsolvable, so their groups are filtered (default 0)")
     args = parser.parse_args(argv)
-    paths = build_assets(args.out, seed=args.seed, drop_index=args.broken_index, hopeless=args.hopeless)
+    paths = build_assets(args.out, n_train=args.train, n_val=args.val, seed=args.seed, drop_index=args.broken_index,
+                         hopeless=args.hopeless)
     print(f"wrote {paths['model']}, {paths['tokenizer']}, {paths['train']}, {paths['val']} "
           f"(warm start {paths['warm_start']['seconds']:.1f} s, loss {paths['warm_start']['final_loss']:.2f})")
 

@@ -3,7 +3,7 @@
 # toy problems, through veRL's real training loop on CPU (see cpu.py for the CPU stand-ins). Try a MEDS veRL run on
 # a laptop before renting GPUs. Run from the repo root in the veRL environment:
 #   bash adapters/verl/run_meds_cpu.sh [extra hydra overrides]
-# Writes under ${MEDS_CPU_OUT:-verl_cpu_out}: assets/ (model, parquet files), global_step_*/ checkpoints (each with
+# Writes under ${MEDS_CPU_OUT:-verl_cpu_out}: assets/ (model, 12 + 4 toy problems), global_step_*/ checkpoints (each with
 # meds_memory.bin) and metrics-run<k>.jsonl (veRL's file logger, one file per run; the console shows the same metrics).
 # MEDS_CPU_ASSETS=DIR takes the model and data from DIR (built there once if missing) instead of $OUT/assets.
 # MEDS_CPU_BASELINE=1 runs run_dapo.sh (the recipe without MEDS) instead. MEDS_CPU_WORKERS=2 trains with two
@@ -14,7 +14,8 @@ OUT="${MEDS_CPU_OUT:-verl_cpu_out}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 ASSETS="${MEDS_CPU_ASSETS:-$OUT/assets}"
-[[ -f "$ASSETS/train.parquet" ]] || python3 -m meds_core.adapters.verl.cpu_assets --out "$ASSETS"
+# 12 training problems, the first 4 hopeless: with data.shuffle=False the first batch is filtered out whole
+[[ -f "$ASSETS/train.parquet" ]] || python3 -m meds_core.adapters.verl.cpu_assets --out "$ASSETS" --hopeless 4
 
 WORKERS=${MEDS_CPU_WORKERS:-1}
 export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=meds_core.adapters.verl.cpu
@@ -33,6 +34,7 @@ CPU_ARGS=(
   data.max_prompt_length=${prompt_len}
   data.max_response_length=${response_len}
   data.train_batch_size=4
+  data.shuffle=False
   data.val_batch_size=8
   actor_rollout_ref.rollout.n=16
   actor_rollout_ref.actor.ppo_mini_batch_size=4

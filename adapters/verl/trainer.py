@@ -34,6 +34,7 @@ from tensordict import TensorDict  # noqa: E402
 from verl.trainer.ppo.utils import Role  # noqa: E402
 from verl.trainer.ppo.v1 import PPOTrainerSync  # noqa: E402
 
+from meds_core import MemoryFileError  # noqa: E402
 from meds_core.memory import ErrorMemory  # noqa: E402
 
 from .driver import (  # noqa: E402
@@ -152,5 +153,11 @@ class MEDSTrainerSync(PPOTrainerSync):
             logger.warning("MEDS: checkpoint %s has no %s (saved without MEDS?); starting with an empty memory.",
                            folder, self.meds_settings.memory_file)
             return
-        self.meds_memory = ErrorMemory.load(path, config=self.meds_config)
+        try:
+            self.meds_memory = ErrorMemory.load(path, config=self.meds_config)
+        except MemoryFileError as exc:
+            raise MemoryFileError(
+                f"MEDS cannot resume from {path}: {exc} Resume with the meds.* settings the checkpoint was trained "
+                f"with, or delete {self.meds_settings.memory_file} from {folder} to resume with an empty memory "
+                "(a warning says so).") from exc
         logger.info("MEDS: restored %r from %s", self.meds_memory, path)
