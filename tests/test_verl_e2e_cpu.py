@@ -88,6 +88,9 @@ def test_four_meds_steps_log_meds_metrics_and_checkpoint_the_memory(full_run):
             assert name in m, (s, name)
         # the raw mean sits beside the shaped one; the shaped one is lower by the penalties applied
         assert m["meds/shaped_reward_mean"] <= m["meds/raw_reward_mean"] + 1e-9
+        # veRL's own score metrics stay raw (what the reward returned); its reward metrics show what trained
+        assert m["critic/score/mean"] == pytest.approx(m["meds/raw_reward_mean"], abs=1e-6)
+        assert m["critic/rewards/mean"] == pytest.approx(m["meds/shaped_reward_mean"], abs=1e-6)
     later = [logged[s] for s in (2, 3, 4)]  # memories are non-empty from step 2 on
     assert max(m["meds/penalty_mean"] for m in later) > 0
     assert any(m["meds/shaped_reward_mean"] < m["meds/raw_reward_mean"] for m in later)
@@ -105,10 +108,11 @@ def test_dynamic_sampling_survives_a_batch_with_every_group_filtered(full_run):
 
 
 def test_resume_from_step_two_continues_the_uninterrupted_run(full_run, assets, tmp_path):
-    """The resumed run restores the step-2 memory and its first step (3) equals the uninterrupted run's: same
-    rollouts, same memory growth, cluster counts, penalties and shaped rewards. Step 4 is only checked to run:
-    after a resume veRL's dynamic sampling re-dispatches the prompts that were in flight at the checkpoint, so the
-    rollouts of later steps may differ (they did in the recorded run)."""
+    """The resumed run restores the step-2 memory; its first step (3) gets the same rollouts as the uninterrupted
+    run's (same raw rewards), and from the restored memory MEDS computes the same memory growth, cluster counts,
+    penalties and shaped rewards. Step 4 is only checked to run and grow the memory: its rollouts are not
+    reproducible on CPU under dynamic sampling (two resumed runs from one checkpoint got different step-4
+    rollouts, while step 3 matched in every run)."""
     shutil.copytree(full_run / "global_step_2", tmp_path / "global_step_2")
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("2")
     result = run_cpu(tmp_path, assets, "trainer.resume_mode=auto")
@@ -116,7 +120,7 @@ def test_resume_from_step_two_continues_the_uninterrupted_run(full_run, assets, 
     resumed, full = steps(tmp_path), steps(full_run)
     assert sorted(resumed) == [3, 4]
     for name in ("meds/memory_rows", "meds/penalty_mean", "meds/penalized_frac", "meds/clusters_mean",
-                 "meds/raw_reward_mean", "meds/shaped_reward_mean", "critic/score/mean"):
+                 "meds/raw_reward_mean", "meds/shaped_reward_mean", "critic/score/mean", "critic/rewards/mean"):
         assert resumed[3][name] == pytest.approx(full[3][name], abs=1e-12), name
     assert resumed[4]["meds/memory_rows"] > resumed[3]["meds/memory_rows"]
     memory = ErrorMemory.load(tmp_path / "global_step_4" / "meds_memory.bin")

@@ -21,8 +21,7 @@ CPU platform selected, :func:`register` wraps ``torch.distributed.init_process_g
 a conflicting one included, reaches torch unchanged.
 
 Sampling is seeded per request when ``actor_rollout_ref.rollout.full_determinism=True``: seed = hash(rollout seed,
-global step, veRL's deterministic request id, prompt ids, k) where k counts earlier identical requests of the step
-(the samples of one group share a request id), so a run and its resumed continuation sample the same rollouts.
+global step, k, prompt ids), where k counts the earlier requests for the same prompt in the same step.
 
 Import this module in every veRL process with ``VERL_USE_EXTERNAL_MODULES=meds_core.adapters.verl.cpu`` (veRL
 imports it at ``import verl``) and set ``VERL_PLATFORM=cpu``; ``run_meds_cpu.sh`` does both. Not for speed: a toy
@@ -218,8 +217,9 @@ class PlatformCPU(PlatformBase):
 
 
 # ------------------------------------------------------------------------------------------------ rollout
-def _sample_seed(base: int, step: int, request_id: str, prompt_ids: list[int]) -> int:
-    digest = hashlib.sha256(f"{base}|{step}|{request_id}|{','.join(map(str, prompt_ids))}".encode()).digest()
+def _sample_seed(base: int, step: int, k: int, prompt_ids: list[int]) -> int:
+    """Seed of the k-th sample of ``prompt_ids`` in step ``step``: the first 8 bytes of a SHA-256."""
+    digest = hashlib.sha256(f"{base}|{step}|{k}|{','.join(map(str, prompt_ids))}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
@@ -248,7 +248,7 @@ class HFServer:
         self.deterministic = bool(deterministic)
         self.global_steps = 0
         self._lock = asyncio.Lock()
-        self._seen: dict[tuple, int] = {}  # (step, request id, prompt) -> requests served: the k-th gets seed k
+        self._seen: dict[tuple, int] = {}  # (step, prompt) -> requests served so far: the k-th gets seed k
 
     def load_weights(self, state: dict[str, torch.Tensor], global_steps: int | None) -> int:
         """Load the actor's full weights (HF names, any float dtype); returns the number of tensors loaded."""
@@ -283,14 +283,14 @@ class HFServer:
                       self.response_length)
         gen = None
         if self.deterministic:
-            # veRL's deterministic request id ("det-<priority>") can repeat across a group's samples: count the
-            # repeats, so the k-th identical request of a step gets its own seed (samples of one prompt are
-            # exchangeable, so the group's set of responses does not depend on the order they arrive in)
-            key = (self.global_steps, request_id, tuple(prompt_ids))
+            # the k-th request for this prompt in this step gets seed k. Not veRL's request id: under dynamic
+            # sampling the ids ("det-<priority>") depend on how refills were batched, which depends on timing, and
+            # they repeat within a group. The samples of one prompt are exchangeable, so the set of responses a
+            # group gets does not depend on the order its requests arrive in.
+            key = (self.global_steps, tuple(prompt_ids))
             k = self._seen.get(key, 0)
             self._seen[key] = k + 1
-            gen = torch.Generator().manual_seed(
-                _sample_seed(self.seed, self.global_steps, f"{request_id}#{k}", prompt_ids))
+            gen = torch.Generator().manual_seed(_sample_seed(self.seed, self.global_steps, k, prompt_ids))
         eos = self.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [] if eos is None else [eos])
         ids = torch.tensor([prompt_ids])

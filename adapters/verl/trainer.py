@@ -7,8 +7,9 @@ Per training step (``PPOTrainer._step_once``), only three methods are extended, 
   ``meds_features``), and drop the flag again so the ref / update passes never capture;
 * ``_compute_advantage``: with the rewards (``rm_scores`` from the reward loop) in place, update the
   :class:`ErrorMemory` on the dataset's stable prompt id and shape the outcome with correctness from the reward's
-  ``acc``; write the shaped ``rm_scores`` back (the raw ones kept as ``meds_raw_rm_scores``), log ``meds/*``,
-  then run veRL's GRPO advantage computation;
+  ``acc``; write the shaped ``rm_scores`` (the raw ones kept as ``meds_raw_rm_scores``), log ``meds/*``, run
+  veRL's GRPO advantage computation, then put the raw ``rm_scores`` back and the shaped ones in
+  ``token_level_rewards``, so veRL's ``critic/score/*`` stay raw and ``critic/rewards/*`` show the shaped values;
 * ``_save_checkpoint`` / ``_load_checkpoint``: the memory lives in every ``global_step_*`` folder and is restored
   with ``trainer.resume_mode=auto`` (or ``resume_path``).
 
@@ -101,7 +102,22 @@ class MEDSTrainerSync(PPOTrainerSync):
 
     def _compute_advantage(self, batch, metrics):
         self._apply_meds(batch, metrics)
-        return super()._compute_advantage(batch, metrics)
+        out = super()._compute_advantage(batch, metrics)
+        self._restore_raw_scores(batch)
+        return out
+
+    def _restore_raw_scores(self, batch) -> None:
+        """After the advantages are computed from the shaped scores, put the reward's raw ``rm_scores`` back and
+        keep the shaped ones as ``token_level_rewards``: veRL's ``critic/score/*`` then report what the reward
+        returned and ``critic/rewards/*`` what trained the policy (as with a KL penalty in the reward). With
+        ``algorithm.use_kl_in_reward`` veRL has written ``token_level_rewards`` itself (shaped minus KL)."""
+        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
+                               select_fields=[RAW_SCORES, "rm_scores"])
+        fields = {"rm_scores": data[RAW_SCORES]}
+        if not self.config.algorithm.use_kl_in_reward:
+            fields["token_level_rewards"] = data["rm_scores"]
+        tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
+                        fields=TensorDict(fields, batch_size=len(batch.keys)))
 
     def _apply_meds(self, batch, metrics: dict) -> None:
         """Memory update + outcome shaping on TransferQueue data, before veRL's advantages read ``rm_scores``."""
