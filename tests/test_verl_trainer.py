@@ -106,12 +106,16 @@ def test_shaping_before_verl_grpo_advantages(transfer_queue, tmp_path):
     metrics = {}
     trainer._compute_advantage(batch, metrics)
     out = tq.kv_batch_get(keys=batch.keys, partition_id="train",
-                          select_fields=["advantages", "meds_penalty", "rm_scores", "meds_raw_rm_scores"])
+                          select_fields=["advantages", "meds_penalty", "rm_scores", "meds_raw_rm_scores",
+                                         "token_level_rewards"])
     pen = out["meds_penalty"].double().numpy()
     expected_pen = np.array([0, 0, 0.1 * np.log(4), 0.1 * np.log(4), 0.1 * np.log(3), 0.1 * np.log(3)])
     np.testing.assert_allclose(pen, expected_pen, atol=1e-6)
-    shaped = np.array([float(r.sum()) for r in out["rm_scores"].unbind()])
+    # after the advantages: rm_scores hold the reward's raw scores again (veRL's critic/score/* stay raw), the
+    # shaped ones that trained the policy are token_level_rewards (critic/rewards/*)
+    shaped = np.array([float(r.sum()) for r in out["token_level_rewards"].unbind()])
     raw = np.array([float(r.sum()) for r in out["meds_raw_rm_scores"].unbind()])
+    np.testing.assert_allclose([float(r.sum()) for r in out["rm_scores"].unbind()], raw, atol=0)
     np.testing.assert_allclose(shaped, raw - expected_pen, atol=1e-6)
     adv = np.array([float(a[-1]) for a in out["advantages"].unbind()])
     np.testing.assert_allclose(adv, _grpo(shaped), atol=1e-5)
