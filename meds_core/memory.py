@@ -8,8 +8,9 @@ One RL step, for every memory the batch touches:
   4. while more than ``max_total_rows`` rows are stored, the least recently visited prompt is evicted whole
      (both its correctness memories); prompts of the current batch are never evicted.
 
-Storage: rows float32 and labels int32, nothing else per row between steps (the unit rows used by the vote and
-the clustering are recomputed, in float64, for the memories a step touches).
+Storage: rows float32 and labels int32 per row between steps (the unit rows used by the vote and the clustering are
+recomputed, in float64, for the memories a step touches); with the numba backend and ``min_samples = 1`` also each
+memory's MST (n - 1 edges of 24 bytes) for the incremental clustering, kept in memory only, never in the file.
 """
 
 from __future__ import annotations
@@ -357,26 +358,29 @@ class ErrorMemory:
     def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
                              problems: list[np.ndarray]) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
-        recomputation; each memory's MST is kept on its slot (not in the memory file: a loaded memory, a memory that
-        dropped rows at ``max_rows_per_memory``, or one whose MST is not unique is recomputed in full and its MST
-        rebuilt then; none is kept for a memory at the cap, whose next step drops rows)."""
+        recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
+        ``max_rows_per_memory``. It is not in the memory file (format unchanged): a loaded memory, or one whose MST
+        is not unique (ties), is recomputed in full; its MST is rebuilt then (an O(n^2 d) uniqueness check) only
+        while the memory is below the cap, so a loaded memory already at the cap stays on full recomputation."""
         from meds_core.clustering._engine import hdbscan_incremental
 
         empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-        n_old, old = [], []
+        n_old, old, drop = [], [], []
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
+            gone = (prev.n if prev is not None else 0) + m - n  # oldest rows dropped at the cap
+            drop.append(gone if 0 <= gone and (prev is None or gone <= prev.n) else 0)
             if prev is None:
                 n_old.append(0 if n == m else -1)
                 old.append(empty)
-            elif prev.mst is not None and prev.n + m == n:
+            elif prev.mst is not None and 0 <= gone <= prev.n:
                 n_old.append(prev.n)
                 old.append(prev.mst)
             else:
                 n_old.append(-1)
                 old.append(None)
         cap = self.config.max_rows_per_memory
-        labels, msts = hdbscan_incremental(problems, n_old, old, want_state=[n < cap for _, _, n in staged],
+        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=[n < cap for _, _, n in staged],
                                            **self._params._asdict())
         for (slot, _, _), mst in zip(staged, msts):
             slot.mst = mst

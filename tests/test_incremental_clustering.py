@@ -37,10 +37,10 @@ def test_stream_equals_full_recomputation_every_step(seed, p, decimals, dup, m, 
     lo, hi, state, n_old = 0, 0, (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0
     for step in range(1, 12):
         hi = min(hi + m, len(X))
-        if drop_every and step % drop_every == 0:  # FIFO: rows leave the front, the state no longer applies
-            lo, state, n_old = lo + 2, None, -1
+        gone = min(drop_every if drop_every and step % 2 == 0 else 0, max(n_old, 0))  # FIFO: rows leave the front
+        lo += gone
         rows = X[lo:hi]
-        (got,), (new_state,) = hdbscan_incremental([rows], [n_old], [state], **params)
+        (got,), (new_state,) = hdbscan_incremental([rows], [n_old], [state], drop=[gone], **params)
         (want,) = hdbscan_batch([rows], **params)
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
         if new_state is not None:  # a kept MST is the full engine's MST, edge for edge, in Prim order
@@ -63,6 +63,16 @@ def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
     (got,), (st_,) = hdbscan_incremental([three], [0], [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))], 2)
     assert st_ is None
     np.testing.assert_array_equal(got, hdbscan_batch([three], 2, 1)[0])
+    kept = 0  # a sliding window (FIFO at a cap of 60 rows) keeps the MST through the drops
+    state, n_old, lo = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0, 0
+    for hi in range(8, 201, 8):
+        gone = max(hi - 60 - lo, 0)
+        lo += gone
+        (got,), (state,) = hdbscan_incremental([X[lo:hi]], [n_old], [state], 2, drop=[gone])
+        np.testing.assert_array_equal(got, hdbscan_batch([X[lo:hi]], 2, 1)[0])
+        kept += gone > 0 and state is not None
+        n_old = hi - lo
+    assert kept >= 15
     with pytest.raises(ValueError, match="does not match"):
         hdbscan_incremental([X[:10]], [12], [state], 2)
 
@@ -71,7 +81,7 @@ def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
 def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_path, min_samples):
     rng = np.random.default_rng(min_samples)
     cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=2 if min_samples == 1 else 5,
-                     min_samples=min_samples, max_rows_per_memory=40, max_total_rows=300)
+                     min_samples=min_samples, max_rows_per_memory=12, max_total_rows=150)
     inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
     full._incremental = False
     centers = rng.normal(size=(6, 6))
@@ -94,3 +104,5 @@ def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_pa
             inc = ErrorMemory.load(str(tmp_path / "m.bin"))
             assert all(s.mst is None for s in inc._slots.values())
     assert (kept > 0) == (min_samples == 1)
+    if min_samples == 1:
+        assert sum(s.mst is not None and s.n == 12 for s in inc._slots.values()) > 0, "MSTs must survive the cap"

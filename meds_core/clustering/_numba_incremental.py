@@ -71,29 +71,66 @@ def _prim_on_tree(n, tu, tv, tw):
 
 
 @kernel
-def incremental_mst(X, n_old, src_old, dst_old, w_old):
-    """The MST of X [n, d] f64 (rows 0..n_old-1 old, the rest new) from the old rows' unique MST (src_old, dst_old
-    [n_old-1] int64, w_old [n_old-1] f64 squared). -> (src, dst [n-1] int64, weight_sq [n-1] f64 in the full
-    engine's Prim order, ok): ok is False (and the edges empty) when the new MST is not provably unique."""
+def incremental_mst(X, n_old, drop, src_old, dst_old, w_old):
+    """The MST of X [n, d] f64 from the unique MST of the previous rows (src_old, dst_old [n_old-1] int64, w_old
+    [n_old-1] f64 squared, over n_old rows) after dropping their first ``drop`` rows: X holds the kept previous rows
+    (n_old - drop, same order), then the new ones. -> (src, dst [n-1] int64, weight_sq [n-1] f64 in the full engine's
+    Prim order, ok): ok is False (and the edges empty) when the new MST is not provably unique.
+
+    Dropping rows: the old tree edges between kept rows form a forest F, every edge of which is in the new MST (each
+    was the strict minimum across a cut, still true with fewer rows); an edge inside one component of F is strictly
+    heavier than its tree path, so the candidates are F, the pairs of kept rows in different components (one end is
+    outside the largest component: O(n * (rows outside it) * d)), and the edges of the new rows."""
     n, d = X.shape
-    m = n - n_old
-    e_old = src_old.shape[0]
-    ne = e_old + m * n_old + m * (m - 1) // 2
+    kept = n_old - drop
+    m = n - kept
+    comp = np.arange(max(kept, 1))
+    e_f = 0
+    for e in range(src_old.shape[0]):
+        if src_old[e] >= drop and dst_old[e] >= drop:
+            e_f += 1
+            a, b = _root(comp, src_old[e] - drop), _root(comp, dst_old[e] - drop)
+            comp[a] = b
+    size = np.zeros(max(kept, 1), dtype=np.int64)
+    for i in range(kept):
+        comp[i] = _root(comp, i)
+        size[comp[i]] += 1
+    big = np.argmax(size) if kept > 0 else 0
+    outside = 0
+    for i in range(kept):
+        outside += comp[i] != big
+    ne = e_f + outside * kept + m * kept + m * (m - 1) // 2
     u = np.empty(ne, dtype=np.int64)
     v = np.empty(ne, dtype=np.int64)
     w = np.empty(ne)
-    u[:e_old], v[:e_old], w[:e_old] = src_old, dst_old, w_old
-    k = e_old
+    k = 0
+    for e in range(src_old.shape[0]):
+        if src_old[e] >= drop and dst_old[e] >= drop:
+            u[k], v[k], w[k] = src_old[e] - drop, dst_old[e] - drop, w_old[e]
+            k += 1
     XT = _transposed(X)
     x = np.empty(d)
     row = np.empty(n)
-    for i in range(n_old, n):
+    if outside:
+        for i in range(kept):
+            if comp[i] == big:
+                continue
+            for c in range(d):
+                x[c] = XT[c, i]
+            sq_dists_from(x, XT, 0, kept, row)
+            for j in range(kept):
+                if comp[j] != comp[i] and (comp[j] == big or j > i):
+                    u[k], v[k], w[k] = i, j, row[j]
+                    k += 1
+    for i in range(kept, n):
         for c in range(d):
             x[c] = XT[c, i]
         sq_dists_from(x, XT, 0, i, row)
         for j in range(i):
             u[k], v[k], w[k] = j, i, row[j]
             k += 1
+    ne = k
+    w = w[:ne]
     order = np.argsort(w, kind="mergesort")
     parent = np.arange(n)
     tu = np.empty(max(n - 1, 0), dtype=np.int64)
@@ -182,10 +219,11 @@ def is_unique_mst(X, src, dst, weight_sq):
 
 
 @kernel(parallel=True)
-def incremental_packed(X, offsets, n_old, e_src, e_dst, e_w, e_offsets, out_offsets, order, min_cluster_size,
+def incremental_packed(X, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, out_offsets, order, min_cluster_size,
                        min_samples, want_state, leaf, allow_single_cluster, epsilon):
     """One step over packed problems (rows offsets[p]:offsets[p + 1] of X [N, d] f64). Problem p with n_old[p] >= 0
-    is updated from its old unique MST (edges e_offsets[p]:e_offsets[p + 1] of e_src, e_dst [E] int64, e_w [E] f64
+    is updated from its old unique MST over n_old[p] rows, the first drop[p] of them gone (edges
+    e_offsets[p]:e_offsets[p + 1] of e_src, e_dst [E] int64, e_w [E] f64
     squared); n_old[p] = -1, or a tie, means full recomputation, after which the MST is kept (checked unique) where
     want_state[p] and min_samples == 1. -> labels [N] int64, the new MSTs src, dst, w_sq
     packed by out_offsets (n_p - 1 each; filled only where ok), ok [P] bool (MST stored and provably unique)."""
@@ -201,7 +239,7 @@ def incremental_packed(X, offsets, n_old, e_src, e_dst, e_w, e_offsets, out_offs
         good = False
         if n_old[p] >= 0:
             ea, eb = e_offsets[p], e_offsets[p + 1]
-            s, dd, w, good = incremental_mst(X[a:b], n_old[p], e_src[ea:eb], e_dst[ea:eb], e_w[ea:eb])
+            s, dd, w, good = incremental_mst(X[a:b], n_old[p], drop[p], e_src[ea:eb], e_dst[ea:eb], e_w[ea:eb])
             if good and n >= 2:
                 src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = s, dd, w
         if not good and n >= 2 and (n >= min_cluster_size or (want_state[p] and min_samples == 1)):
