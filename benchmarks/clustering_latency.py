@@ -323,8 +323,17 @@ def stream(args) -> None:
     P, m, cap = args.prompts[0], args.new_rows, args.cap
     d = args.dims[0]
     steps = cap // m + args.extra_steps
-    loadavg = open("/proc/loadavg").read().split()[:3]
     rows = []
+    for mcs, ms in SETTINGS:  # warm-up: JIT cache loads of both paths, outside the timings
+        cfg = MEDSConfig(use_last_n_layers=d, min_cluster_size=mcs, min_samples=ms, backend="numba",
+                         max_rows_per_memory=2 * m)
+        for incremental in (True, False):
+            memory = ErrorMemory(cfg)
+            memory._incremental = incremental
+            for t in range(3):
+                warm = make_memories(2 + t, 2, m, d).reshape(-1, d)
+                memory.update(np.repeat(np.arange(2), m), warm, np.zeros(len(warm), np.int64))
+    loadavg = open("/proc/loadavg").read().split()[:3]
     for mcs, ms in SETTINGS:
         feats = make_memories(1, P, steps * m, d)
         cfg = MEDSConfig(use_last_n_layers=d, min_cluster_size=mcs, min_samples=ms, backend="numba",
