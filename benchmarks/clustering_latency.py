@@ -339,7 +339,7 @@ def stream(args) -> None:
         cfg = MEDSConfig(use_last_n_layers=d, min_cluster_size=mcs, min_samples=ms, backend="numba",
                          max_rows_per_memory=cap, max_total_rows=P * cap * 2)
         inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
-        full._incremental = False
+        inc._incremental, full._incremental = True, False
         keys = np.repeat(np.arange(P), m)
         for t in range(steps):
             batch = feats[:, t * m:(t + 1) * m].reshape(-1, d)

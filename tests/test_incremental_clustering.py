@@ -83,7 +83,7 @@ def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_pa
     cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=2 if min_samples == 1 else 5,
                      min_samples=min_samples, max_rows_per_memory=12, max_total_rows=150)
     inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
-    full._incremental = False
+    inc._incremental, full._incremental = True, False
     centers = rng.normal(size=(6, 6))
     kept = 0
     for step in range(16):
@@ -102,6 +102,7 @@ def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_pa
         if step == 7:  # the file carries no MST: the loaded memory rebuilds it on its next touch
             inc.save(str(tmp_path / "m.bin"))
             inc = ErrorMemory.load(str(tmp_path / "m.bin"))
+            inc._incremental = True
             assert all(s.mst is None for s in inc._slots.values())
     assert (kept > 0) == (min_samples == 1)
     if min_samples == 1:
