@@ -20,7 +20,13 @@ reported).
     python benchmarks/clustering_latency.py            # full grid: library loops on every memory
     python benchmarks/clustering_latency.py --quick    # library loops on a subset of memories, scaled (labelled)
     python benchmarks/clustering_latency.py --prompts 512 --sizes 64 256 1024 --dims 14   # a slice
-Writes benchmarks/results/clustering_latency_cpu.{json,md}.
+    python benchmarks/clustering_latency.py --stream --prompts 512 --cap 1024 --dims 14   # stream mode
+Writes benchmarks/results/clustering_latency_cpu.{json,md} (stream mode: clustering_latency_stream.{json,md}).
+
+Stream mode: P memories each receive m new rows per step (one ``ErrorMemory.update`` per step, all in group 0) while
+n grows from 0 to the cap and then slides; the incremental engine (numba, each memory's MST kept) and the full engine
+(numba, recomputed every step) are fed the same stream side by side in one run; their labels are asserted equal at
+every step; reported: ms per step (whole update: vote, sizes, clustering) against n, and the bytes the kept MSTs add.
 """
 
 from __future__ import annotations
@@ -310,8 +316,81 @@ def targets(rows: list[dict], threads: int) -> list[str]:
     return out if len(out) > 4 else []
 
 
+def stream(args) -> None:
+    """Stream mode (see the module docstring): writes ``<out>_stream``-named results next to the grid's."""
+    import numba
+
+    P, m, cap = args.prompts[0], args.new_rows, args.cap
+    d = args.dims[0]
+    steps = cap // m + args.extra_steps
+    rows = []
+    for mcs, ms in SETTINGS:  # warm-up: JIT cache loads of both paths, outside the timings
+        cfg = MEDSConfig(use_last_n_layers=d, min_cluster_size=mcs, min_samples=ms, backend="numba",
+                         max_rows_per_memory=2 * m)
+        for incremental in (True, False):
+            memory = ErrorMemory(cfg)
+            memory._incremental = incremental
+            for t in range(3):
+                warm = make_memories(2 + t, 2, m, d).reshape(-1, d)
+                memory.update(np.repeat(np.arange(2), m), warm, np.zeros(len(warm), np.int64))
+    loadavg = open("/proc/loadavg").read().split()[:3]
+    for mcs, ms in SETTINGS:
+        feats = make_memories(1, P, steps * m, d)
+        cfg = MEDSConfig(use_last_n_layers=d, min_cluster_size=mcs, min_samples=ms, backend="numba",
+                         max_rows_per_memory=cap, max_total_rows=P * cap * 2)
+        inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
+        inc._incremental, full._incremental = True, False
+        keys = np.repeat(np.arange(P), m)
+        for t in range(steps):
+            batch = feats[:, t * m:(t + 1) * m].reshape(-1, d)
+            stall0, w0 = _stall_us(), time.perf_counter()
+            t0 = time.perf_counter()
+            a = inc.update(keys, batch, np.zeros(len(keys), np.int64))
+            t1 = time.perf_counter()
+            b = full.update(keys, batch, np.zeros(len(keys), np.int64))
+            t2 = time.perf_counter()
+            stall = (_stall_us() - stall0) / (1e6 * (time.perf_counter() - w0))
+            np.testing.assert_array_equal(a.label, b.label)
+            for p in range(0, P, max(1, P // 16)):
+                np.testing.assert_array_equal(inc.labels(p, 0), full.labels(p, 0))
+            mst_bytes = sum(sum(x.nbytes for x in s.mst) for s in inc._slots.values() if s.mst is not None)
+            kept = sum(s.mst is not None for s in inc._slots.values())
+            rows.append({"mcs": mcs, "ms": ms, "step": t + 1, "n": min((t + 1) * m, cap),
+                         "incremental_ms": 1e3 * (t1 - t0), "full_ms": 1e3 * (t2 - t1), "stall": stall,
+                         "mst_bytes": mst_bytes, "msts_kept": kept})
+            print(f"{mcs}/{ms} n={rows[-1]['n']:5d} incremental {rows[-1]['incremental_ms']:8.1f} ms  full "
+                  f"{rows[-1]['full_ms']:8.1f} ms  MSTs {kept}/{P} ({mst_bytes / 2**20:.1f} MiB)", file=sys.stderr)
+    loadavg_end = open("/proc/loadavg").read().split()[:3]
+    lines = [f"Stream: P = {P} memories, m = {m} new rows per memory per step, d = {d}, cap {cap}; numba on "
+             f"{numba.get_num_threads()} threads; whole ErrorMemory.update per step, one run per step (no repeats); "
+             f"loadavg {' '.join(loadavg)} at start, {' '.join(loadavg_end)} at end; labels asserted equal every step.",
+             "", "| mcs/ms | n | incremental ms | full ms | full / incremental | MSTs kept | MST MiB | stall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        n = r["n"]
+        if (n & (n - 1)) == 0 and n >= 16 or r["step"] == steps:
+            tag = f" (at cap, step {r['step']})" if r["step"] == steps else ""
+            lines.append(f"| {r['mcs']}/{r['ms']} | {n}{tag}"
+                         f" | {r['incremental_ms']:.1f} | {r['full_ms']:.1f} | {r['full_ms'] / r['incremental_ms']:.2f}"
+                         f" | {r['msts_kept']} | {r['mst_bytes'] / 2**20:.2f} | {r['stall']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    out = args.out + "_stream" if args.out.endswith("_cpu") else args.out
+    out = out.replace("clustering_latency_cpu_stream", "clustering_latency_stream")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out + ".md", "w") as f:
+        f.write(table + "\n")
+    with open(out + ".json", "w") as f:
+        json.dump({"args": vars(args), "loadavg": [loadavg, loadavg_end], "cpus": os.cpu_count(),
+                   "numba_threads": numba.get_num_threads(), "rows": rows}, f, indent=2)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--stream", action="store_true", help="stream mode: n grows to --cap, m new rows per step")
+    ap.add_argument("--cap", type=int, default=1024, help="stream mode: max_rows_per_memory")
+    ap.add_argument("--new-rows", type=int, default=16, help="stream mode: new rows per memory per step (m)")
+    ap.add_argument("--extra-steps", type=int, default=2, help="stream mode: steps after reaching the cap")
     ap.add_argument("--prompts", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024, 2048])
     ap.add_argument("--dims", type=int, nargs="+", default=[14, 28])
@@ -323,6 +402,11 @@ def main():
     args = ap.parse_args()
     global SETTINGS
     SETTINGS = [tuple(int(v) for v in s.split("/")) for s in args.settings.split(",")]
+    if args.stream:
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            return stream(args)
 
     import numba
 

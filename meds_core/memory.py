@@ -8,8 +8,9 @@ One RL step, for every memory the batch touches:
   4. while more than ``max_total_rows`` rows are stored, the least recently visited prompt is evicted whole
      (both its correctness memories); prompts of the current batch are never evicted.
 
-Storage: rows float32 and labels int32, nothing else per row between steps (the unit rows used by the vote and
-the clustering are recomputed, in float64, for the memories a step touches).
+Storage: rows float32 and labels int32 per row between steps (the unit rows used by the vote and the clustering are
+recomputed, in float64, for the memories a step touches); with the numba backend and ``min_samples = 1`` also each
+memory's MST (n - 1 edges of 24 bytes) for the incremental clustering, kept in memory only, never in the file.
 """
 
 from __future__ import annotations
@@ -68,10 +69,11 @@ class _Slot:
     rows this slot shows, and the memory moves the window once the step has succeeded.
     """
 
-    __slots__ = ("row_buf", "start", "n", "labels")
+    __slots__ = ("row_buf", "start", "n", "labels", "mst")
 
     def __init__(self, row_buf: np.ndarray, start: int, n: int, labels: np.ndarray | None):
         self.row_buf, self.start, self.n, self.labels = row_buf, start, n, labels
+        self.mst = None  # the rows' unique MST (src, dst, weight_sq) for the incremental engine, or None
 
     @classmethod
     def holding(cls, rows: np.ndarray, labels: np.ndarray | None, room: int) -> "_Slot":
@@ -153,6 +155,10 @@ class ErrorMemory:
         if self.config.cluster_method != "single":
             get_backend(self._backend)  # import its library now: a missing one fails here, not at the first step
         self._params = HDBSCANParams(self.config.min_cluster_size, self.config.min_samples)
+        # Opt-in (numba backend, min_samples 1): update each memory's MST from its new rows. Exact, but off by default
+        # until it is measured faster than full recomputation on this machine (today it is not at n <= 256, nor
+        # when rows leave at the cap).
+        self._incremental = False
         self._slots: dict[tuple[Key, int], _Slot] = {}
         self._dim: int | None = None
         self._step = 0
@@ -332,7 +338,12 @@ class ErrorMemory:
             else:
                 problems = [s.row_buf[a:a + n].astype(np.float64) for s, a, n in staged]
             t0 = time.perf_counter()
-            labels = cluster_batch(problems, self._params, self._backend)
+            if self._incremental and self._backend == "numba" and self._params.min_samples == 1:
+                labels = self._cluster_incremental(batch, staged, problems)
+            else:
+                labels = cluster_batch(problems, self._params, self._backend)
+                for slot, _, _ in staged:
+                    slot.mst = None
             seconds = time.perf_counter() - t0
             calls = int(any(needs_backend(len(p), self._params) for p in problems))
         slots = self._slots
@@ -346,6 +357,37 @@ class ErrorMemory:
                 if (key, g) in slots:
                     slots[(key, g)] = slots.pop((key, g))
         return seconds, calls
+
+    def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
+                             problems: list[np.ndarray]) -> list[np.ndarray]:
+        """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
+        recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
+        ``max_rows_per_memory``. It is not in the memory file (format unchanged): a loaded memory, or one whose MST
+        is not unique (ties), is recomputed in full; its MST is rebuilt then (an O(n^2 d) uniqueness check) only
+        while the memory is below the cap, so a loaded memory already at the cap stays on full recomputation."""
+        from meds_core.clustering._engine import hdbscan_incremental
+
+        empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+        n_old, old, drop = [], [], []
+        for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
+            prev = self._slots.get(mk)
+            gone = (prev.n if prev is not None else 0) + m - n  # oldest rows dropped at the cap
+            drop.append(gone if 0 <= gone and (prev is None or gone <= prev.n) else 0)
+            if prev is None:
+                n_old.append(0 if n == m else -1)
+                old.append(empty)
+            elif prev.mst is not None and 0 <= gone <= prev.n:
+                n_old.append(prev.n)
+                old.append(prev.mst)
+            else:
+                n_old.append(-1)
+                old.append(None)
+        cap = self.config.max_rows_per_memory
+        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=[n < cap for _, _, n in staged],
+                                           **self._params._asdict())
+        for (slot, _, _), mst in zip(staged, msts):
+            slot.mst = mst
+        return labels
 
     def _evict(self, visited: set[Key]) -> tuple[int, int]:
         """Step 4: drop least recently visited prompts (both groups) while more than ``max_total_rows`` rows are

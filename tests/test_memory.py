@@ -511,7 +511,12 @@ def test_stored_form_is_float32_rows_and_int32_labels_only():
         memory.update(*s)
     arrays = [a for slot in memory._slots.values() for a in (slot.row_buf, slot.labels)]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32), np.dtype(np.int32)}
-    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels"} for slot in memory._slots.values())
+    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels", "mst"}
+               for slot in memory._slots.values())
+    for slot in memory._slots.values():  # the incremental engine's MST: n - 1 edges (src, dst int64, weight_sq f64)
+        if slot.mst is not None:
+            assert [(a.dtype, a.shape) for a in slot.mst] == [(np.dtype(np.int64), (slot.n - 1,))] * 2 + \
+                [(np.dtype(np.float64), (slot.n - 1,))]
     F = memory.state_dict()["dim"]
     held = sum(slot.row_buf.nbytes + slot.labels.nbytes for slot in memory._slots.values())
     # growth room is at most half the rows, or 2x one step's rows per memory (blob_stream: <= 8 per memory)

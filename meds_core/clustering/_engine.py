@@ -201,3 +201,89 @@ def _numba_factory():
 
 
 register_backend("numba", _numba_factory)
+
+
+def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], old_msts: Sequence, min_cluster_size: int,
+                        min_samples: int = 1, cluster_selection_method: str = "eom", allow_single_cluster: bool = False,
+                        cluster_selection_epsilon: float = 0.0, want_state: Sequence[bool] | None = None,
+                        drop: Sequence[int] | None = None) -> tuple[list[np.ndarray], list]:
+    """:func:`hdbscan_batch` for a stream step, in one parallel call: labels bit-identical to full recomputation, at
+    a cost that follows the new rows where the incremental path applies.
+
+    Parameters
+    ----------
+    problems : list of ndarray of shape (n_i, d), float64, finite
+        Each problem's rows: its ``n_old[i]`` previous rows less the first ``drop[i]`` (FIFO), unchanged and in the
+        same order, then the new rows.
+    n_old : sequence of int
+        Rows problem i had when ``old_msts[i]`` was returned; -1 (or ``old_msts[i]`` None) forces full recomputation.
+    old_msts : sequence of (src [n-1] int64, dst [n-1] int64, weight_sq [n-1] float64) or None
+        The state this function returned for the previous rows (never built from elsewhere).
+    min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster, cluster_selection_epsilon
+        As in :func:`hdbscan_batch`.
+    drop : sequence of int, optional
+        Previous rows dropped from the front (0 <= drop[i] <= n_old[i]); default none.
+    want_state : sequence of bool, optional
+        Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check, e.g. for a
+        memory at its row cap, whose next step drops rows anyway). Default all True.
+
+    Returns
+    -------
+    labels : list of ndarray of shape (n_i,), int64
+    msts : list of (src, dst, weight_sq) or None
+        The state to pass with the next step's rows; None where the problem was recomputed in full.
+
+    Notes
+    -----
+    The incremental path applies when ``min_samples == 1`` (mutual reachability is then the euclidean distance) and
+    the problem's old MST is known and unique. Full recomputation (the engine's Prim's), and state None afterwards,
+    where: ``min_samples > 1`` (no state is kept); ``old_msts[i]`` is None (e.g. a memory loaded from a file, or a
+    previous MST that was not unique); the new MST is not provably unique
+    (bit-equal distances that could swap a tree edge, such as three or more duplicate rows). After a full
+    recomputation with ``min_samples == 1`` the MST is checked for uniqueness in O(n^2 d) (about one more MST's
+    work) and kept when unique and ``want_state``. A first clustering (``n_old = 0``, empty MST) is incremental.
+    Cost per incremental problem: O(n * m * d + n * m * log(n * m)) for m new rows, plus the tree stage.
+    """
+    mcs, ms, leaf, single, eps = _check_params(min_cluster_size, min_samples, cluster_selection_method,
+                                               allow_single_cluster, cluster_selection_epsilon)
+    import numba
+
+    from meds_core.clustering._numba_incremental import incremental_packed
+
+    P = len(problems)
+    labels: list[np.ndarray] = [np.empty(0, np.int64)] * P
+    msts: list = [None] * P
+    if P == 0:
+        return labels, msts
+    nold = np.array([(-1 if (s is None or ms != 1 or k < 0) else int(k)) for k, s in zip(n_old, old_msts)],
+                    dtype=np.int64)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    dropped = np.zeros(P, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64)
+    want = np.ones(P, dtype=np.bool_) if want_state is None else np.asarray(want_state, dtype=np.bool_)
+    old = [s if (k >= 0 and s is not None) else empty for k, s in zip(nold.tolist(), old_msts)]
+    for X, offs, members in _pack(problems, None):
+        _check_finite(X, offs, members)
+        sizes = np.diff(offs)
+        g_drop = dropped[members]
+        grp_old = [old[i] for i in members.tolist()]
+        e_len = np.fromiter((len(s[0]) for s in grp_old), dtype=np.int64, count=len(members))
+        g_nold = nold[members]
+        if ((g_nold >= 0) & ((g_nold - g_drop > sizes) | (g_drop > g_nold) | (g_drop < 0)
+                             | (e_len != np.maximum(g_nold - 1, 0)))).any():
+            raise ValueError("hdbscan_incremental: a stored MST does not match its n_old rows; pass the state this "
+                             "function returned for those rows, or None.")
+        e_offs = np.zeros(len(members) + 1, dtype=np.int64)
+        np.cumsum(e_len, out=e_offs[1:])
+        out_offs = np.zeros(len(members) + 1, dtype=np.int64)
+        np.cumsum(np.maximum(sizes - 1, 0), out=out_offs[1:])
+        e_src, e_dst, e_w = (np.concatenate([s[j] for s in grp_old]).astype(dt, copy=False)
+                             for j, dt in ((0, np.int64), (1, np.int64), (2, np.float64)))
+        lab, src, dst, wsq, ok = incremental_packed(
+            X, offs, g_nold, g_drop, e_src, e_dst, e_w, e_offs, out_offs,
+            _balanced_order(offs, numba.get_num_threads()), mcs, ms, want[members], leaf, single, eps)
+        for j, i in enumerate(members.tolist()):
+            labels[i] = lab[offs[j]:offs[j + 1]]
+            if ok[j]:
+                a, b = out_offs[j], out_offs[j + 1]
+                msts[i] = (src[a:b], dst[a:b], wsq[a:b])
+    return labels, msts

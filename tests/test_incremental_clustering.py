@@ -1,0 +1,109 @@
+"""Incremental HDBSCAN (min_samples = 1): every step bit-identical to full recomputation, through ties, duplicates,
+eviction, fallbacks and save/load."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from meds_core import ErrorMemory, MEDSConfig
+from meds_core.clustering import hdbscan_batch
+from meds_core.clustering._engine import hdbscan_incremental, mst_edges
+
+pytest.importorskip("numba")
+
+PARAMS = [dict(min_cluster_size=2, min_samples=1), dict(min_cluster_size=5, min_samples=5),
+          dict(min_cluster_size=3, min_samples=1, cluster_selection_method="leaf"),
+          dict(min_cluster_size=2, min_samples=1, cluster_selection_epsilon=0.3),
+          dict(min_cluster_size=4, min_samples=1, allow_single_cluster=True)]
+
+
+def _stream(seed: int, n: int, d: int, decimals: int, dup: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.normal(size=(n, d)) + rng.integers(0, 3, size=(n, 1)), decimals)
+    copy = rng.random(n) < dup
+    X[copy] = X[rng.integers(0, n, size=int(copy.sum()))]
+    return X
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), p=st.sampled_from(range(len(PARAMS))), decimals=st.sampled_from([1, 2, 8]),
+       dup=st.sampled_from([0.0, 0.1]), m=st.integers(1, 9), drop_every=st.sampled_from([0, 3]))
+def test_stream_equals_full_recomputation_every_step(seed, p, decimals, dup, m, drop_every):
+    params = PARAMS[p]
+    X = _stream(seed, 70, 3, decimals, dup)
+    lo, hi, state, n_old = 0, 0, (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0
+    for step in range(1, 12):
+        hi = min(hi + m, len(X))
+        gone = min(drop_every if drop_every and step % 2 == 0 else 0, max(n_old, 0))  # FIFO: rows leave the front
+        lo += gone
+        rows = X[lo:hi]
+        (got,), (new_state,) = hdbscan_incremental([rows], [n_old], [state], drop=[gone], **params)
+        (want,) = hdbscan_batch([rows], **params)
+        np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
+        if new_state is not None:  # a kept MST is the full engine's MST, edge for edge, in Prim order
+            (src, dst, dist), = mst_edges([rows], 1)
+            np.testing.assert_array_equal(new_state[0], src)
+            np.testing.assert_array_equal(new_state[1], dst)
+            np.testing.assert_array_equal(np.sqrt(new_state[2]), dist)
+        state, n_old = new_state, (len(rows) if new_state is not None else -1)
+
+
+def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
+    X = _stream(0, 200, 4, 12, 0.0)
+    state, n_old = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0
+    for hi in range(10, 201, 10):
+        (got,), (state,) = hdbscan_incremental([X[:hi]], [n_old], [state], 2)
+        assert state is not None, "tie-free rows must keep a unique MST"
+        np.testing.assert_array_equal(got, hdbscan_batch([X[:hi]], 2, 1)[0])
+        n_old = hi
+    three = np.vstack([X[:20], X[:1], X[:1]])  # a row three times: equal zero edges, more than one MST
+    (got,), (st_,) = hdbscan_incremental([three], [0], [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))], 2)
+    assert st_ is None
+    np.testing.assert_array_equal(got, hdbscan_batch([three], 2, 1)[0])
+    kept = 0  # a sliding window (FIFO at a cap of 60 rows) keeps the MST through the drops
+    state, n_old, lo = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0, 0
+    for hi in range(8, 201, 8):
+        gone = max(hi - 60 - lo, 0)
+        lo += gone
+        (got,), (state,) = hdbscan_incremental([X[lo:hi]], [n_old], [state], 2, drop=[gone])
+        np.testing.assert_array_equal(got, hdbscan_batch([X[lo:hi]], 2, 1)[0])
+        kept += gone > 0 and state is not None
+        n_old = hi - lo
+    assert kept >= 15
+    with pytest.raises(ValueError, match="does not match"):
+        hdbscan_incremental([X[:10]], [12], [state], 2)
+
+
+@pytest.mark.parametrize("min_samples", [1, 5])
+def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_path, min_samples):
+    rng = np.random.default_rng(min_samples)
+    cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=2 if min_samples == 1 else 5,
+                     min_samples=min_samples, max_rows_per_memory=12, max_total_rows=150)
+    inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
+    inc._incremental, full._incremental = True, False
+    centers = rng.normal(size=(6, 6))
+    kept = 0
+    for step in range(16):
+        keys = rng.integers(0, 8, size=24)
+        feats = (centers[rng.integers(0, 6, size=24)] + 0.1 * rng.normal(size=(24, 6))).astype(np.float32)
+        if step % 5 == 2:
+            feats[3] = feats[4] = feats[5]  # duplicate rows
+        correct = rng.integers(0, 2, size=24)
+        a, b = inc.update(keys, feats, correct), full.update(keys, feats, correct)
+        np.testing.assert_array_equal(a.label, b.label)
+        np.testing.assert_array_equal(a.cluster_size, b.cluster_size)
+        assert inc.keys() == full.keys()
+        for mk in full.keys():
+            np.testing.assert_array_equal(inc.labels(*mk), full.labels(*mk), err_msg=f"step {step} {mk}")
+        kept += sum(s.mst is not None for s in inc._slots.values())
+        if step == 7:  # the file carries no MST: the loaded memory rebuilds it on its next touch
+            inc.save(str(tmp_path / "m.bin"))
+            inc = ErrorMemory.load(str(tmp_path / "m.bin"))
+            inc._incremental = True
+            assert all(s.mst is None for s in inc._slots.values())
+    assert (kept > 0) == (min_samples == 1)
+    if min_samples == 1:
+        assert sum(s.mst is not None and s.n == 12 for s in inc._slots.values()) > 0, "MSTs must survive the cap"
