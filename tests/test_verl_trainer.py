@@ -226,3 +226,16 @@ def test_old_log_prob_pass_returns_features_through_transfer_queue(transfer_queu
     metrics = {}
     trainer._compute_advantage(batch, metrics)
     assert metrics["meds/no_answer_frac"] == pytest.approx(1 / 6) and trainer.meds_memory.num_rows == 5
+
+
+def test_correctness_without_acc_warns_once_and_uses_the_score_sign():
+    """veRL 0.9's reward managers fill reward_extra_info['acc'] with the score for a bare-float reward; a reward
+    manager that reports no acc at all gets one warning, and correctness = (score > 0) for those rows."""
+    from meds_core.adapters.verl.driver import correctness
+
+    extra = [{"reward_extra_info": {"acc": True}}, {"reward_extra_info": {}}, {}, {"reward_extra_info": {}}]
+    outcome = torch.tensor([-1.0, 1.0, 0.0, 0.5])
+    with pytest.warns(UserWarning, match=r"2 rollouts have no reward_extra_info\['acc'\]") as record:
+        out = correctness(extra, outcome, "acc", [False, False, False, True])
+    assert len(record) == 1
+    np.testing.assert_array_equal(out, [1, 1, 0, -1])  # acc wins over the score; padding is -1
