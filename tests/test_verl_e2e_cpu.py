@@ -108,20 +108,22 @@ def test_dynamic_sampling_survives_a_batch_with_every_group_filtered(full_run):
 
 
 def test_resume_from_step_two_continues_the_uninterrupted_run(full_run, assets, tmp_path):
-    """The resumed run restores the step-2 memory; its first step (3) gets the same rollouts as the uninterrupted
-    run's (same raw rewards), and from the restored memory MEDS computes the same memory growth, cluster counts,
-    penalties and shaped rewards. Step 4 is only checked to run and grow the memory: its rollouts are not
-    reproducible on CPU under dynamic sampling (two resumed runs from one checkpoint got different step-4
-    rollouts, while step 3 matched in every run)."""
+    """``trainer.resume_mode=auto`` resumes at step 3 with the step-2 memory restored: the memory holds the
+    checkpoint's rows plus the new step's, and returning prompts are penalised at once. The rollouts themselves are
+    not reproducible on CPU under dynamic sampling (resumes from one checkpoint sampled different rollouts, at
+    step 4 and, in CI, at step 3), so this run is not compared value by value with the uninterrupted one; that the
+    restored memory gives the saved memory's penalties on the same rollouts is tested in
+    ``test_verl_trainer.test_memory_saved_with_checkpoint_and_restored``."""
     shutil.copytree(full_run / "global_step_2", tmp_path / "global_step_2")
     (tmp_path / "latest_checkpointed_iteration.txt").write_text("2")
+    saved = ErrorMemory.load(full_run / "global_step_2" / "meds_memory.bin")
+    assert saved.num_rows == steps(full_run)[2]["meds/memory_rows"]
     result = run_cpu(tmp_path, assets, "trainer.resume_mode=auto")
     assert result.returncode == 0, tail(result)
-    resumed, full = steps(tmp_path), steps(full_run)
+    resumed = steps(tmp_path)
     assert sorted(resumed) == [3, 4]
-    for name in ("meds/memory_rows", "meds/penalty_mean", "meds/penalized_frac", "meds/clusters_mean",
-                 "meds/raw_reward_mean", "meds/shaped_reward_mean", "critic/score/mean", "critic/rewards/mean"):
-        assert resumed[3][name] == pytest.approx(full[3][name], abs=1e-12), name
+    assert resumed[3]["meds/memory_rows"] > saved.num_rows  # restored, then grown: not an empty memory
+    assert resumed[3]["meds/penalty_mean"] > 0
     assert resumed[4]["meds/memory_rows"] > resumed[3]["meds/memory_rows"]
     memory = ErrorMemory.load(tmp_path / "global_step_4" / "meds_memory.bin")
     assert memory.num_rows == resumed[4]["meds/memory_rows"] and memory.step == 4
