@@ -34,9 +34,9 @@ def _root(parent, x):
 
 
 @kernel
-def _prim_on_tree(n, tu, tv, tw):
-    """Prim's order of a spanning tree (tu, tv [n-1] int64, tw [n-1] f64): from row 0, smallest weight first, equal
-    weights smallest row first. -> src, dst [n-1] int64 (dst joins through src), weight [n-1] f64."""
+def _tree_adjacency(n, tu, tv, tw):
+    """Adjacency (CSR) of a tree's n-1 edges (tu, tv [n-1] int64, tw [n-1] f64): row r's neighbours are
+    nb[start[r]:start[r + 1]] with edge weights nw[same] -> start [n+1] int64, nb [2(n-1)] int64, nw [2(n-1)] f64."""
     deg = np.zeros(n + 1, dtype=np.int64)
     for e in range(n - 1):
         deg[tu[e] + 1] += 1
@@ -51,6 +51,14 @@ def _prim_on_tree(n, tu, tv, tw):
         fill[a] += 1
         nb[fill[b]], nw[fill[b]] = a, tw[e]
         fill[b] += 1
+    return start, nb, nw
+
+
+@kernel
+def _prim_on_tree(n, tu, tv, tw):
+    """Prim's order of a spanning tree (tu, tv [n-1] int64, tw [n-1] f64): from row 0, smallest weight first, equal
+    weights smallest row first. -> src, dst [n-1] int64 (dst joins through src), weight [n-1] f64."""
+    start, nb, nw = _tree_adjacency(n, tu, tv, tw)
     src = np.empty(n - 1, dtype=np.int64)
     dst = np.empty(n - 1, dtype=np.int64)
     weight = np.empty(n - 1)
@@ -176,20 +184,7 @@ def is_unique_mst(X, src, dst, weight_sq):
     if n < 3:
         return True
     XT = _transposed(X)
-    deg = np.zeros(n + 1, dtype=np.int64)
-    for e in range(n - 1):
-        deg[src[e] + 1] += 1
-        deg[dst[e] + 1] += 1
-    start = np.cumsum(deg)
-    fill = start[:-1].copy()
-    nb = np.empty(2 * (n - 1), dtype=np.int64)
-    nw = np.empty(2 * (n - 1))
-    for e in range(n - 1):
-        a, b = src[e], dst[e]
-        nb[fill[a]], nw[fill[a]] = b, weight_sq[e]
-        fill[a] += 1
-        nb[fill[b]], nw[fill[b]] = a, weight_sq[e]
-        fill[b] += 1
+    start, nb, nw = _tree_adjacency(n, src, dst, weight_sq)
     pm = np.empty(n)
     up = np.empty(n, dtype=np.int64)
     stack = np.empty(n, dtype=np.int64)
