@@ -125,12 +125,11 @@ def check_prompt_ids(files: Any, prompt_key: str = "index") -> int:
             continue
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path, columns=None)
         fix = ("give each row a stable, distinct extra_info.index (prepare_data.py writes one), or set "
                "meds_trainer.prompt_key=raw_prompt to key the memory on the prompt text.")
-        if "extra_info" not in table.column_names:
+        if "extra_info" not in pq.read_schema(path).names:
             raise ValueError(f"{path}: no extra_info column, so no stable prompt id for MEDS; {fix}")
-        infos = table.column("extra_info").to_pylist()
+        infos = pq.read_table(path, columns=["extra_info"]).column("extra_info").to_pylist()
         missing = [i for i, info in enumerate(infos) if not isinstance(info, dict) or info.get("index") is None]
         if missing:
             raise ValueError(f"{path}: {len(missing)} of {len(infos)} rows have no extra_info.index (first: row "

@@ -101,26 +101,27 @@ class MEDSTrainerSync(PPOTrainerSync):
         return out
 
     def _compute_advantage(self, batch, metrics):
-        self._apply_meds(batch, metrics)
+        raw, shaped = self._apply_meds(batch, metrics)
         out = super()._compute_advantage(batch, metrics)
-        self._restore_raw_scores(batch)
+        self._restore_raw_scores(batch, raw, shaped)
         return out
 
-    def _restore_raw_scores(self, batch) -> None:
+    def _restore_raw_scores(self, batch, raw, shaped) -> None:
         """After the advantages are computed from the shaped scores, put the reward's raw ``rm_scores`` back and
         keep the shaped ones as ``token_level_rewards``: veRL's ``critic/score/*`` then report what the reward
         returned and ``critic/rewards/*`` what trained the policy (as with a KL penalty in the reward). With
-        ``algorithm.use_kl_in_reward`` veRL has written ``token_level_rewards`` itself (shaped minus KL)."""
-        data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id,
-                               select_fields=[RAW_SCORES, "rm_scores"])
-        fields = {"rm_scores": data[RAW_SCORES]}
+        ``algorithm.use_kl_in_reward`` veRL has written ``token_level_rewards`` itself (shaped minus KL).
+
+        ``raw`` / ``shaped``: the nested [n, j] scores :meth:`_apply_meds` read and wrote."""
+        fields = {"rm_scores": raw}
         if not self.config.algorithm.use_kl_in_reward:
-            fields["token_level_rewards"] = data["rm_scores"]
+            fields["token_level_rewards"] = shaped
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id,
                         fields=TensorDict(fields, batch_size=len(batch.keys)))
 
-    def _apply_meds(self, batch, metrics: dict) -> None:
-        """Memory update + outcome shaping on TransferQueue data, before veRL's advantages read ``rm_scores``."""
+    def _apply_meds(self, batch, metrics: dict):
+        """Memory update + outcome shaping on TransferQueue data, before veRL's advantages read ``rm_scores``.
+        Returns the raw and the shaped nested [n, j] scores."""
         key_field = self.meds_settings.prompt_key
         fields = ["rm_scores", FEATURES, key_field, "uid", "extra_fields"]
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
@@ -133,12 +134,14 @@ class MEDSTrainerSync(PPOTrainerSync):
         features = dense_rows(data[FEATURES], self.meds_config.use_last_n_layers)
         no_answer = np.array([self._meds_no_answer.get(k, False) for k in batch.keys], dtype=bool)
         shaped = shape_step(self.meds_memory, keys, features, outcome, correct, uids, no_answer, pad)
+        shaped_scores = with_outcome(data["rm_scores"], torch.from_numpy(shaped.shaped))
         tq.kv_batch_put(keys=batch.keys, partition_id=batch.partition_id, fields=TensorDict({
-            "rm_scores": with_outcome(data["rm_scores"], torch.from_numpy(shaped.shaped)),
+            "rm_scores": shaped_scores,
             RAW_SCORES: data["rm_scores"],
             PENALTY: torch.from_numpy(shaped.penalty).float(),
         }, batch_size=len(batch.keys)))
         metrics.update(shaped.metrics)
+        return data["rm_scores"], shaped_scores
 
     # -------------------------------------------------------------------------------------------- checkpoints
     def _memory_path(self, step_folder: str) -> str:
