@@ -10,7 +10,8 @@ One RL step, for every memory the batch touches:
 
 Storage: rows float32 and labels int32 per row between steps (the unit rows used by the vote and the clustering are
 recomputed, in float64, for the memories a step touches); with the numba backend and ``min_samples = 1`` also each
-memory's MST (n - 1 edges of 24 bytes) for the incremental clustering, kept in memory only, never in the file.
+memory's MST (n - 1 edges of 24 bytes) for the incremental clustering, kept in memory only, never in the file (a
+loaded memory rebuilds it on its first touch).
 """
 
 from __future__ import annotations
@@ -69,11 +70,12 @@ class _Slot:
     rows this slot shows, and the memory moves the window once the step has succeeded.
     """
 
-    __slots__ = ("row_buf", "start", "n", "labels", "mst")
+    __slots__ = ("row_buf", "start", "n", "labels", "mst", "mst_wait")
 
     def __init__(self, row_buf: np.ndarray, start: int, n: int, labels: np.ndarray | None):
         self.row_buf, self.start, self.n, self.labels = row_buf, start, n, labels
-        self.mst = None  # the rows' unique MST (src, dst, weight_sq) for the incremental engine, or None
+        self.mst = None  # the rows' unique MST (u, v, weight_sq sorted by weight) for the incremental engine, or None
+        self.mst_wait = 0  # touches left before rebuilding a lost MST is tried again (ties made it fail)
 
     @classmethod
     def holding(cls, rows: np.ndarray, labels: np.ndarray | None, room: int) -> "_Slot":
@@ -155,10 +157,9 @@ class ErrorMemory:
         if self.config.cluster_method != "single":
             get_backend(self._backend)  # import its library now: a missing one fails here, not at the first step
         self._params = HDBSCANParams(self.config.min_cluster_size, self.config.min_samples)
-        # Opt-in (numba backend, min_samples 1): update each memory's MST from its new rows. Exact, but off by default
-        # until it is measured faster than full recomputation on this machine (today it is not at n <= 256, nor
-        # when rows leave at the cap).
-        self._incremental = False
+        # numba backend, min_samples 1: update each memory's MST from its new rows (exact; see _cluster_incremental).
+        # A switch for benchmarks and tests: False recomputes every touched memory in full.
+        self._incremental = True
         self._slots: dict[tuple[Key, int], _Slot] = {}
         self._dim: int | None = None
         self._step = 0
@@ -362,17 +363,21 @@ class ErrorMemory:
                              problems: list[np.ndarray]) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
         recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
-        ``max_rows_per_memory``. It is not in the memory file (format unchanged): a loaded memory, or one whose MST
-        is not unique (ties), is recomputed in full; its MST is rebuilt then (an O(n^2 d) uniqueness check) only
-        while the memory is below the cap, so a loaded memory already at the cap stays on full recomputation."""
+        ``max_rows_per_memory``.
+
+        The MST is not in the memory file (format unchanged): a loaded memory is recomputed in full on its first
+        touch and its MST rebuilt then (an O(n^2 d) uniqueness check, about one more full clustering of that
+        memory). A memory whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed
+        in full; the rebuild is then retried only every 8th touch, so ties do not double its cost every step."""
         from meds_core.clustering._engine import hdbscan_incremental
 
         empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
-        n_old, old, drop = [], [], []
+        n_old, old, drop, want, wait = [], [], [], [], []
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
             gone = (prev.n if prev is not None else 0) + m - n  # oldest rows dropped at the cap
             drop.append(gone if 0 <= gone and (prev is None or gone <= prev.n) else 0)
+            w = 0 if prev is None else max(prev.mst_wait - 1, 0)
             if prev is None:
                 n_old.append(0 if n == m else -1)
                 old.append(empty)
@@ -382,11 +387,12 @@ class ErrorMemory:
             else:
                 n_old.append(-1)
                 old.append(None)
-        cap = self.config.max_rows_per_memory
-        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=[n < cap for _, _, n in staged],
-                                           **self._params._asdict())
-        for (slot, _, _), mst in zip(staged, msts):
+            want.append(w == 0)
+            wait.append(w)
+        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=want, **self._params._asdict())
+        for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
+            slot.mst_wait = 8 if (asked and mst is None) else w
         return labels
 
     def _evict(self, visited: set[Key]) -> tuple[int, int]:

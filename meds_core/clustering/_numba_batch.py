@@ -46,8 +46,15 @@ def mst_one(X, min_samples):
 def tree_labels(src, dst, weight_sq, min_cluster_size, leaf, allow_single_cluster, epsilon):
     """HDBSCAN* labels [n] int64 (noise -1) from a mutual-reachability MST: src, dst [n-1] int64, weight_sq [n-1] f64
     (squared weights, in Prim order). The tree stage of every engine, CPU and GPU."""
-    n = src.shape[0] + 1
-    left, right, dist, size = single_linkage(src, dst, weight_sq)
+    return labels_from_merges(single_linkage(src, dst, weight_sq), min_cluster_size, leaf, allow_single_cluster,
+                              epsilon)
+
+
+@kernel
+def labels_from_merges(merges, min_cluster_size, leaf, allow_single_cluster, epsilon):
+    """HDBSCAN* labels [n] int64 from the merge tree (left, right, dist, size [n-1]) of :func:`single_linkage`."""
+    left, right, dist, size = merges
+    n = left.shape[0] + 1
     parent, child, lam, child_size, n_clusters = condense_tree(left, right, dist, size, min_cluster_size)
     stability, birth, up, first = cluster_stability(parent, child, lam, child_size, n, n_clusters)
     if leaf:

@@ -20,9 +20,10 @@ import heapq
 import numpy as np
 from numba import prange
 
-from meds_core.clustering._numba_batch import _transposed, mst_one, tree_labels
+from meds_core.clustering._numba_batch import _transposed, labels_from_merges, mst_one, tree_labels
 from meds_core.clustering._numba_core import sq_dists_from
 from meds_core.clustering._numba_jit import kernel
+from meds_core.clustering._numba_tree import merge_in_order
 
 
 @kernel
@@ -37,15 +38,16 @@ def _root(parent, x):
 def _tree_adjacency(n, tu, tv, tw):
     """Adjacency (CSR) of a tree's n-1 edges (tu, tv [n-1] int64, tw [n-1] f64): row r's neighbours are
     nb[start[r]:start[r + 1]] with edge weights nw[same] -> start [n+1] int64, nb [2(n-1)] int64, nw [2(n-1)] f64."""
+    E = tu.shape[0]  # n - 1 for a tree; fewer for a forest
     deg = np.zeros(n + 1, dtype=np.int64)
-    for e in range(n - 1):
+    for e in range(E):
         deg[tu[e] + 1] += 1
         deg[tv[e] + 1] += 1
     start = np.cumsum(deg)
     fill = start[:-1].copy()
-    nb = np.empty(2 * (n - 1), dtype=np.int64)
-    nw = np.empty(2 * (n - 1))
-    for e in range(n - 1):
+    nb = np.empty(2 * E, dtype=np.int64)
+    nw = np.empty(2 * E)
+    for e in range(E):
         a, b = tu[e], tv[e]
         nb[fill[a]], nw[fill[a]] = b, tw[e]
         fill[a] += 1
@@ -79,100 +81,301 @@ def _prim_on_tree(n, tu, tv, tw):
 
 
 @kernel
-def incremental_mst(X, n_old, drop, src_old, dst_old, w_old):
-    """The MST of X [n, d] f64 from the unique MST of the previous rows (src_old, dst_old [n_old-1] int64, w_old
-    [n_old-1] f64 squared, over n_old rows) after dropping their first ``drop`` rows: X holds the kept previous rows
-    (n_old - drop, same order), then the new ones. -> (src, dst [n-1] int64, weight_sq [n-1] f64 in the full engine's
-    Prim order, ok): ok is False (and the edges empty) when the new MST is not provably unique.
-
-    Dropping rows: the old tree edges between kept rows form a forest F, every edge of which is in the new MST (each
-    was the strict minimum across a cut, still true with fewer rows); an edge inside one component of F is strictly
-    heavier than its tree path, so the candidates are F, the pairs of kept rows in different components (one end is
-    outside the largest component: O(n * (rows outside it) * d)), and the edges of the new rows."""
-    n, d = X.shape
-    kept = n_old - drop
-    m = n - kept
-    comp = np.arange(max(kept, 1))
-    e_f = 0
-    for e in range(src_old.shape[0]):
-        if src_old[e] >= drop and dst_old[e] >= drop:
-            e_f += 1
-            a, b = _root(comp, src_old[e] - drop), _root(comp, dst_old[e] - drop)
-            comp[a] = b
-    size = np.zeros(max(kept, 1), dtype=np.int64)
-    for i in range(kept):
-        comp[i] = _root(comp, i)
-        size[comp[i]] += 1
-    big = np.argmax(size) if kept > 0 else 0
-    outside = 0
-    for i in range(kept):
-        outside += comp[i] != big
-    ne = e_f + outside * kept + m * kept + m * (m - 1) // 2
-    u = np.empty(ne, dtype=np.int64)
-    v = np.empty(ne, dtype=np.int64)
-    w = np.empty(ne)
-    k = 0
-    for e in range(src_old.shape[0]):
-        if src_old[e] >= drop and dst_old[e] >= drop:
-            u[k], v[k], w[k] = src_old[e] - drop, dst_old[e] - drop, w_old[e]
-            k += 1
-    XT = _transposed(X)
-    x = np.empty(d)
-    row = np.empty(n)
-    if outside:
-        for i in range(kept):
-            if comp[i] == big:
-                continue
-            for c in range(d):
-                x[c] = XT[c, i]
-            sq_dists_from(x, XT, 0, kept, row)
-            for j in range(kept):
-                if comp[j] != comp[i] and (comp[j] == big or j > i):
-                    u[k], v[k], w[k] = i, j, row[j]
-                    k += 1
-    for i in range(kept, n):
-        for c in range(d):
-            x[c] = XT[c, i]
-        sq_dists_from(x, XT, 0, i, row)
-        for j in range(i):
-            u[k], v[k], w[k] = j, i, row[j]
-            k += 1
-    ne = k
-    w = w[:ne]
-    order = np.argsort(w, kind="mergesort")
-    parent = np.arange(n)
+def _kruskal_merge(n, au, av, aw, bu, bv, bw):
+    """Kruskal over two edge lists, each sorted by weight ascending (au, av [A] int64, aw [A] f64 squared; same for
+    b), merged on the fly, one class of bit-equal weights at a time. -> (tu, tv [t] int64, tw [t] f64 in weight order,
+    ok): ok is False when a class holds more edges that join two components before it than it can add (the MST is
+    then not unique). Components are over rows 0..n-1."""
+    parent = np.arange(max(n, 1))
     tu = np.empty(max(n - 1, 0), dtype=np.int64)
     tv = np.empty(max(n - 1, 0), dtype=np.int64)
     tw = np.empty(max(n - 1, 0))
-    t, q = 0, 0
-    empty_i, empty_f = np.empty(0, dtype=np.int64), np.empty(0)
-    while q < ne and t < n - 1:
-        wq = w[order[q]]
-        r = q
-        while r < ne and w[order[r]] == wq:
-            r += 1
+    A, B = aw.shape[0], bw.shape[0]
+    i = j = t = 0
+    while (i < A or j < B) and t < n - 1:
+        wq = aw[i] if j >= B or (i < A and aw[i] <= bw[j]) else bw[j]
+        i1, j1 = i, j
+        while i1 < A and aw[i1] == wq:
+            i1 += 1
+        while j1 < B and bw[j1] == wq:
+            j1 += 1
         usable = 0
-        for z in range(q, r):
-            if _root(parent, u[order[z]]) != _root(parent, v[order[z]]):
-                usable += 1
+        for z in range(i, i1):
+            usable += _root(parent, au[z]) != _root(parent, av[z])
+        for z in range(j, j1):
+            usable += _root(parent, bu[z]) != _root(parent, bv[z])
         added = 0
-        for z in range(q, r):
-            e = order[z]
-            a, b = _root(parent, u[e]), _root(parent, v[e])
+        for z in range(i, i1):
+            a, b = _root(parent, au[z]), _root(parent, av[z])
             if a != b:
                 parent[a] = b
-                tu[t], tv[t], tw[t] = u[e], v[e], w[e]
+                tu[t], tv[t], tw[t] = au[z], av[z], aw[z]
+                t += 1
+                added += 1
+        for z in range(j, j1):
+            a, b = _root(parent, bu[z]), _root(parent, bv[z])
+            if a != b:
+                parent[a] = b
+                tu[t], tv[t], tw[t] = bu[z], bv[z], bw[z]
                 t += 1
                 added += 1
         if usable != added:
-            return empty_i, empty_i, empty_f, False
-        q = r
-    if t != n - 1:
-        return empty_i, empty_i, empty_f, False
-    if n < 2:
+            return tu[:t], tv[:t], tw[:t], False
+        i, j = i1, j1
+    return tu[:t], tv[:t], tw[:t], True
+
+
+@kernel
+def _sorted_by_weight(u, v, w):
+    """The edges (u, v [k] int64, w [k] f64) sorted by w, stable. -> u, v, w."""
+    order = np.argsort(w, kind="mergesort")
+    return u[order], v[order], w[order]
+
+
+@kernel
+def _reconnect(XT, kept, fu, fv, fw):
+    """The unique MST of the kept rows (columns 0..kept-1 of XT [d, n] f64) from the forest F (fu, fv [f] int64, fw [f]
+    f64 squared, sorted) that the old unique MST leaves after rows were dropped, or ok False when it is not unique.
+
+    Every edge of F is the strict minimum across a cut of the old rows, so also of the kept rows: F lies in every MST.
+    Contracting F's components, only the lightest edge between each pair of components can join the MST (a tie for
+    that lightest edge is kept twice, so that Kruskal's class check sees it). Rows outside the largest component are
+    compared with all kept rows: O(outside * kept * d) time, no sort of those pairs. -> tu, tv, tw (sorted), ok."""
+    if fu.shape[0] == kept - 1 or kept < 2:
+        return fu, fv, fw, True
+    comp = np.arange(kept)
+    for e in range(fu.shape[0]):
+        a, b = _root(comp, fu[e]), _root(comp, fv[e])
+        comp[a] = b
+    size = np.zeros(kept, dtype=np.int64)
+    for i in range(kept):
+        comp[i] = _root(comp, i)
+        size[comp[i]] += 1
+    ids = np.full(kept, -1, dtype=np.int64)
+    k = 0
+    for r in range(kept):
+        if size[r] > 0:
+            ids[r] = k
+            k += 1
+    big = ids[np.argmax(size)]
+    c = np.empty(kept, dtype=np.int64)
+    for i in range(kept):
+        c[i] = ids[comp[i]]
+    best = np.full((k, k), np.inf)
+    ties = np.zeros((k, k), dtype=np.bool_)
+    bu = np.zeros((k, k), dtype=np.int64)
+    bv = np.zeros((k, k), dtype=np.int64)
+    d = XT.shape[0]
+    x = np.empty(d)
+    row = np.empty(kept)
+    for i in range(kept):
+        ci = c[i]
+        if ci == big:
+            continue
+        for q in range(d):
+            x[q] = XT[q, i]
+        sq_dists_from(x, XT, 0, kept, row)
+        for j in range(kept):
+            cj = c[j]
+            if cj == ci or (cj != big and j < i):
+                continue
+            a, b = (ci, cj) if ci < cj else (cj, ci)
+            w = row[j]
+            if w < best[a, b]:
+                best[a, b], ties[a, b], bu[a, b], bv[a, b] = w, False, i, j
+            elif w == best[a, b]:
+                ties[a, b] = True
+    cnt = 0
+    for a in range(k):
+        for b in range(a + 1, k):
+            cnt += 1 + ties[a, b]
+    pu = np.empty(cnt, dtype=np.int64)
+    pv = np.empty(cnt, dtype=np.int64)
+    pw = np.empty(cnt)
+    z = 0
+    for a in range(k):
+        for b in range(a + 1, k):
+            for _ in range(1 + ties[a, b]):
+                pu[z], pv[z], pw[z] = bu[a, b], bv[a, b], best[a, b]
+                z += 1
+    pu, pv, pw = _sorted_by_weight(pu, pv, pw)
+    tu, tv, tw, ok = _kruskal_merge(kept, fu, fv, fw, pu, pv, pw)
+    return tu, tv, tw, ok and tu.shape[0] == kept - 1
+
+
+@kernel
+def _star_survivors(order, up, pw, Dt, keep):
+    """Which edges (j, z) from the new rows z to the kept rows can be in MST(T + star(z)), T the kept rows' tree; all
+    new rows at once (inner loops over z, contiguous).
+
+    Chin and Houck's insertion: children before parents (``order`` reversed: a BFS order of T from row 0, ``up``
+    [kept] int64 parent, ``pw`` [kept] f64 squared weight of the edge to it), each row r carries the heaviest edge m
+    on its path to z in the tree built so far (first its own edge (r, z), weights ``Dt`` [kept, m] f64 squared).
+    Joining child w to r closes the cycle (r, w) + path(w, z) + path(z, r); its heaviest edge is dropped. A star edge
+    dropped that way is strictly the heaviest of a cycle, so it is in no MST: keep[j, z] = False ([kept, m] bool).
+    Where a comparison ties ("strictly" cannot be shown), the new row's column is reset to all True."""
+    kept, m = Dt.shape
+    mw = Dt.copy()  # weight of m
+    mstar = np.ones((kept, m), dtype=np.bool_)  # m is a star edge (else the tree edge of row mid to its parent)
+    mid = np.empty((kept, m), dtype=np.int64)
+    for j in range(kept):
+        mid[j, :] = j
+    mtie = np.zeros((kept, m), dtype=np.bool_)  # another edge on the path weighs as much as m
+    tied = np.zeros(m, dtype=np.bool_)
+    for q in range(kept - 1, 0, -1):
+        w = order[q]
+        r = up[w]
+        ew = pw[w]
+        for z in range(m):
+            t = mw[w, z]
+            if ew > t:
+                kw, kstar, kid, ktie = ew, False, w, False
+            elif t > ew:
+                kw, kstar, kid, ktie = t, mstar[w, z], mid[w, z], mtie[w, z]
+            else:
+                tied[z] = True
+                continue
+            if kw > mw[r, z]:
+                tied[z] |= ktie
+                if kstar:
+                    keep[kid, z] = False
+            elif kw < mw[r, z]:
+                tied[z] |= mtie[r, z]
+                if mstar[r, z]:
+                    keep[mid[r, z], z] = False
+                mw[r, z], mstar[r, z], mid[r, z], mtie[r, z] = kw, kstar, kid, ktie
+            else:
+                tied[z] = True
+    for z in range(m):
+        if tied[z]:
+            keep[:, z] = True
+
+
+@kernel
+def _insertion_candidates(XT, kept, tu, tv, tw):
+    """Edges incident to the new rows (columns kept..n-1 of XT [d, n] f64) that can be in the MST of all rows, given
+    the unique MST (tu, tv, tw) of the kept rows: all new-new edges, and per new row z the edges (j, z) that
+    :func:`_star_survivors` keeps (all of them where it meets a tie). Each edge left out is strictly the heaviest of a
+    cycle whose other edges are tree edges or lighter edges of z (candidates, or left out for the same reason: by
+    induction on weight, candidates), so it is in no MST, and the MST of the candidates is unique exactly when the
+    MST of all rows is. O(m * kept * d) distances, O(m * kept) filtering. -> u, v [c] int64, w [c] f64 sorted by w."""
+    d, n = XT.shape
+    m = n - kept
+    D = np.empty((m, n))
+    x = np.empty(d)
+    for a in range(m):
+        for q in range(d):
+            x[q] = XT[q, kept + a]
+        sq_dists_from(x, XT, 0, kept + a, D[a])
+    keep = np.ones((max(kept, 1), m), dtype=np.bool_)
+    if kept >= 2:
+        start, nb, nw = _tree_adjacency(kept, tu, tv, tw)
+        order = np.empty(kept, dtype=np.int64)
+        up = np.full(kept, -1, dtype=np.int64)
+        pw = np.zeros(kept)
+        up[0], order[0] = 0, 0
+        head, tail = 0, 1
+        while head < tail:
+            r = order[head]
+            head += 1
+            for z in range(start[r], start[r + 1]):
+                c = nb[z]
+                if up[c] == -1:
+                    up[c], pw[c] = r, nw[z]
+                    order[tail] = c
+                    tail += 1
+        Dt = np.empty((kept, m))
+        for a in range(m):
+            for j in range(kept):
+                Dt[j, a] = D[a, j]
+        _star_survivors(order, up, pw, Dt, keep)
+    k = m * (m - 1) // 2
+    for j in range(kept):
+        for a in range(m):
+            k += keep[j, a]
+    u = np.empty(k, dtype=np.int64)
+    v = np.empty(k, dtype=np.int64)
+    w = np.empty(k)
+    k = 0
+    for a in range(m):
+        for b in range(a):
+            u[k], v[k], w[k] = kept + b, kept + a, D[a, kept + b]
+            k += 1
+        for j in range(kept):
+            if keep[j, a]:
+                u[k], v[k], w[k] = j, kept + a, D[a, j]
+                k += 1
+    return _sorted_by_weight(u, v, w)
+
+
+@kernel
+def incremental_mst(X, n_old, drop, u_old, v_old, w_old):
+    """The MST of X [n, d] f64 from the unique MST of the previous rows (u_old, v_old [n_old-1] int64, w_old [n_old-1]
+    f64 squared, sorted by weight, over n_old rows) after dropping their first ``drop`` rows: X holds the kept previous
+    rows (n_old - drop, same order), then the new ones. -> (u, v [n-1] int64, w_sq [n-1] f64 sorted by weight, ok): ok
+    is False (edges then meaningless) when the new MST is not provably unique.
+
+    Dropped rows: :func:`_reconnect`. New rows: Kruskal on the kept rows' MST (already sorted) merged with the
+    :func:`_insertion_candidates` (sorted, few): every edge between kept rows outside their unique MST is strictly
+    heavier than its tree path, so it stays out when rows are added."""
+    n = X.shape[0]
+    kept = n_old - drop
+    XT = _transposed(X)
+    if drop > 0:
+        f = 0
+        for e in range(u_old.shape[0]):
+            f += u_old[e] >= drop and v_old[e] >= drop
+        fu, fv, fw = np.empty(f, dtype=np.int64), np.empty(f, dtype=np.int64), np.empty(f)
+        f = 0
+        for e in range(u_old.shape[0]):
+            if u_old[e] >= drop and v_old[e] >= drop:
+                fu[f], fv[f], fw[f] = u_old[e] - drop, v_old[e] - drop, w_old[e]
+                f += 1
+        tu, tv, tw, ok = _reconnect(XT, kept, fu, fv, fw)
+        if not ok:
+            return tu, tv, tw, False
+    else:
+        tu, tv, tw = u_old, v_old, w_old
+    if n == kept:
         return tu, tv, tw, True
-    src, dst, weight = _prim_on_tree(n, tu, tv, tw)
-    return src, dst, weight, True
+    cu, cv, cw = _insertion_candidates(XT, kept, tu, tv, tw)
+    su, sv, sw, ok = _kruskal_merge(n, tu, tv, tw, cu, cv, cw)
+    return su, sv, sw, ok and su.shape[0] == max(n - 1, 0)
+
+
+@kernel
+def labels_from_sorted_mst(u, v, w_sq, min_cluster_size, leaf, allow_single_cluster, epsilon):
+    """HDBSCAN* labels [n] int64 from the unique MST as edges sorted by weight (u, v [n-1] int64, w_sq [n-1] f64),
+    equal to :func:`tree_labels` on the same tree in Prim order. Where no two edges have the same distance (after the
+    square root) the merge order is the sorted order and only each edge's orientation matters (Prim's src is the end
+    nearer row 0): the tree is rooted at row 0 in O(n), no sort. Otherwise the edges are put in Prim's order first."""
+    n = u.shape[0] + 1
+    dist = np.sqrt(w_sq)
+    for e in range(n - 2):
+        if dist[e] == dist[e + 1]:
+            s, dd, w = _prim_on_tree(n, u, v, w_sq)
+            return tree_labels(s, dd, w, min_cluster_size, leaf, allow_single_cluster, epsilon)
+    start, nb, nw = _tree_adjacency(n, u, v, w_sq)
+    up = np.full(n, -1, dtype=np.int64)
+    up[0] = 0
+    stack = np.empty(n, dtype=np.int64)
+    stack[0], top = 0, 1
+    while top > 0:
+        top -= 1
+        a = stack[top]
+        for z in range(start[a], start[a + 1]):
+            b = nb[z]
+            if up[b] == -1:
+                up[b] = a
+                stack[top] = b
+                top += 1
+    src = np.empty(n - 1, dtype=np.int64)
+    dst = np.empty(n - 1, dtype=np.int64)
+    for e in range(n - 1):
+        a, b = u[e], v[e]
+        src[e], dst[e] = (a, b) if up[b] == a else (b, a)
+    merges = merge_in_order(src, dst, dist, np.arange(n - 1))
+    return labels_from_merges(merges, min_cluster_size, leaf, allow_single_cluster, epsilon)
 
 
 @kernel
@@ -239,13 +442,14 @@ def incremental_packed(X, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, ou
                 src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = s, dd, w
         if not good and n >= 2 and (n >= min_cluster_size or (want_state[p] and min_samples == 1)):
             s, dd, w = mst_one(X[a:b], min_samples)  # the full engine's MST
-            src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = s, dd, w
             good = want_state[p] and min_samples == 1 and is_unique_mst(X[a:b], s, dd, w)
+            if good:
+                src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = _sorted_by_weight(s, dd, w)
             if n >= max(2, min_cluster_size):
                 labels[a:b] = tree_labels(s, dd, w, min_cluster_size, leaf, allow_single_cluster, epsilon)
         elif good and n >= max(2, min_cluster_size):
-            labels[a:b] = tree_labels(src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1], min_cluster_size,
-                                      leaf, allow_single_cluster, epsilon)
+            labels[a:b] = labels_from_sorted_mst(src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1],
+                                                 min_cluster_size, leaf, allow_single_cluster, epsilon)
         elif not good and n < 2 and want_state[p] and min_samples == 1:
             good = True  # no edges: trivially unique
         ok[p] = good

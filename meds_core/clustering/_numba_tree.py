@@ -35,9 +35,15 @@ def single_linkage(src, dst, weight_sq):
     left, right [n-1] int64 (merged nodes), dist [n-1] f64 (ascending), size [n-1] int64.
 
     Edges are merged by increasing distance; equal distances keep MST order (stable sort)."""
-    n = src.shape[0] + 1
     dist_e = np.sqrt(weight_sq)
-    order = np.argsort(dist_e, kind="mergesort")
+    return merge_in_order(src, dst, dist_e, np.argsort(dist_e, kind="mergesort"))
+
+
+@kernel
+def merge_in_order(src, dst, dist_e, order):
+    """:func:`single_linkage` with the merge order given: edges order[0], order[1], ... (ascending dist_e [n-1] f64,
+    not squared). -> left, right [n-1] int64, dist [n-1] f64, size [n-1] int64."""
+    n = src.shape[0] + 1
     parent = np.full(2 * n - 1, -1, dtype=np.int64)
     count = np.ones(2 * n - 1, dtype=np.int64)
     left = np.empty(n - 1, dtype=np.int64)
