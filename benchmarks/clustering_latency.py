@@ -39,7 +39,6 @@ import statistics
 import sys
 import time
 import warnings
-from collections import Counter
 
 import numpy as np
 
@@ -186,25 +185,15 @@ class Cell:
         return {"seconds": best[0], "cluster_seconds": best[1], "stall": best[2]}
 
     def reference_step(self, k: int) -> dict:
-        """The reference's per-memory step on the first k memories: per-row NearestNeighbors refit + Counter vote, and
-        hdbscan.HDBSCAN (default algorithm) on the memory. Seconds for the k memories, stall share."""
-        import hdbscan
-        from sklearn.neighbors import NearestNeighbors
-        from sklearn.preprocessing import normalize
+        """The reference's per-memory step on the first k memories (meds_core.testing: per-row NearestNeighbors
+        refit + Counter vote, then hdbscan.HDBSCAN on the memory). Seconds for the k memories, stall share."""
+        from meds_core.testing import reference_labels, reference_vote
 
         def run():
             for p in range(k):
-                stored = normalize(self.stored[p].astype(np.float64))
-                labels = self.stored_labels[p]
                 for row in self.new[p]:
-                    nn = NearestNeighbors(n_neighbors=min(3, len(stored)), metric="cosine").fit(stored)
-                    _, ind = nn.kneighbors(normalize(row.astype(np.float64)[None, :]))
-                    votes = Counter(labels[ind[0]].tolist())
-                    best = max(votes.values())
-                    label = min(lab for lab, c in votes.items() if c == best)
-                    int((labels == label).sum())
-                X = normalize(np.concatenate([self.stored[p], self.new[p]]).astype(np.float64))
-                hdbscan.HDBSCAN(min_cluster_size=self.mcs, min_samples=self.ms).fit(X)
+                    reference_vote(self.stored[p], self.stored_labels[p], row, 3)
+                reference_labels(np.concatenate([self.stored[p], self.new[p]]), self.mcs, self.ms)
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 
@@ -58,9 +57,9 @@ def prefilled_state(rng, config, prompts, fill, dim, centers):
 
 
 def reference_knn_seconds(memory, keys, feats, correct, sample, rng):
-    """Per-rollout NearestNeighbors refit + vote (the reference's assignment), timed on ``sample`` rollouts."""
-    from sklearn.neighbors import NearestNeighbors
-    from sklearn.preprocessing import normalize
+    """Per-rollout NearestNeighbors refit + vote (the reference's assignment, meds_core.testing.reference_vote),
+    timed on ``sample`` rollouts."""
+    from meds_core.testing import reference_vote
 
     idx = rng.choice(len(keys), size=min(sample, len(keys)), replace=False)
     t0 = time.perf_counter()
@@ -68,10 +67,7 @@ def reference_knn_seconds(memory, keys, feats, correct, sample, rng):
         stored = memory.rows(int(keys[b]), int(correct[b]))
         if not len(stored):
             continue
-        labels = memory.labels(int(keys[b]), int(correct[b]))
-        nn = NearestNeighbors(n_neighbors=min(3, len(stored)), metric="cosine").fit(normalize(stored))
-        _, ind = nn.kneighbors(normalize(feats[b:b + 1]))
-        Counter(labels[ind[0]].tolist()).most_common(1)
+        reference_vote(stored, memory.labels(int(keys[b]), int(correct[b])), feats[b], 3)
     return (time.perf_counter() - t0) * len(keys) / len(idx)
 
 

@@ -1,7 +1,7 @@
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(__file__))  # tests/reference_meds.py and helpers
+sys.path.insert(0, os.path.dirname(__file__))  # the test helpers beside this file (trl_toy.py, ...)
 
 # Without an NVIDIA driver the GPU kernels run under numba's CUDA simulator (it must be switched on before numba is
 # imported); with one, the same tests run natively.

@@ -15,44 +15,19 @@ from meds_core.clustering import (
     get_backend,
     knn_vote,
     resolve_backend,
+    unregister_backend,
 )
-
-
-def brute_vote(S, labels, Q, k):
-    """One query at a time: sort by (cosine distance to 1e-9, index), count labels, ties to the smallest label."""
-    out = []
-    for q in Q:
-        dist = [round(1.0 - sum(float(a) * float(b) for a, b in zip(s, q)), 9) for s in S]
-        order = sorted(range(len(S)), key=lambda i: (dist[i], i))[:min(k, len(S))]
-        votes = {}
-        for i in order:
-            votes[labels[i]] = votes.get(labels[i], 0) + 1
-        best = max(votes.values())
-        out.append(min(lab for lab, c in votes.items() if c == best))
-    return np.array(out, dtype=np.int64)
+from meds_core.testing import brute_vote, knn_memories, registered_backend, vote_problem
 
 
 def _unit(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
-memories = st.lists(
-    st.tuples(st.integers(1, 40), st.integers(1, 9), st.integers(0, 2**31 - 1)), min_size=1, max_size=12)
-
-
 @settings(max_examples=60, deadline=None)
-@given(memories, st.integers(1, 5), st.booleans())
+@given(knn_memories(), st.integers(1, 5), st.booleans())
 def test_knn_vote_matches_brute_force(specs, k, discrete):
-    stored, labels, queries = [], [], []
-    for n, m, seed in specs:
-        r = np.random.default_rng(seed)
-        # discrete coordinates create exact distance ties, continuous ones none
-        def draw(*shape, r=r):
-            return r.integers(-2, 3, size=shape) + 1e-3 if discrete else r.normal(size=shape)
-
-        stored.append(_unit(draw(n, 3)))
-        labels.append(r.integers(-1, 3, size=n))
-        queries.append(_unit(draw(m, 3)))
+    stored, labels, queries = vote_problem(specs, discrete)  # discrete coordinates create exact distance ties
     got = knn_vote(stored, labels, queries, k)
     for S, lab, Q, g in zip(stored, labels, queries, got):
         np.testing.assert_array_equal(g, brute_vote(S, lab, Q, k))
@@ -95,3 +70,13 @@ def test_registry_names_and_errors():
     assert resolve_backend("auto") in available_backends()
     with pytest.raises(ValueError, match=r"unknown clustering backend 'nope'; use 'auto' or one of"):
         get_backend("nope")
+
+
+def test_a_registered_test_backend_is_gone_after_its_block():
+    with registered_backend("test-only-hdbscan", lambda: get_backend("hdbscan")) as name:
+        assert name in available_backends()
+        assert [x.tolist() for x in cluster_batch([_blobs(0)], HDBSCANParams(2, 1), name)] == \
+            [x.tolist() for x in cluster_batch([_blobs(0)], HDBSCANParams(2, 1), "hdbscan")]
+    assert "test-only-hdbscan" not in available_backends()
+    with pytest.raises(ValueError, match=r"clustering backend 'test-only-hdbscan' is not registered"):
+        unregister_backend("test-only-hdbscan")

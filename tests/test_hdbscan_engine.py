@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import adjusted_rand_score
-from test_clustering import brute_vote
 
 from meds_core import ErrorMemory, MEDSConfig
 from meds_core.clustering import (
@@ -27,11 +26,11 @@ from meds_core.clustering import (
     cluster_batch,
     get_backend,
     hdbscan_batch,
-    register_backend,
     resolve_backend,
 )
 from meds_core.clustering._engine import mst_edges
 from meds_core.clustering._knn import knn_vote_packed, knn_vote_packed_numba
+from meds_core.testing import blob_stream, brute_vote, knn_memories, registered_backend, vote_problem
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
@@ -233,24 +232,10 @@ def test_input_errors():
 
 
 # ----------------------------------------------------------------------------------------------------- k-NN vote
-memories = st.lists(
-    st.tuples(st.integers(1, 40), st.integers(0, 9), st.integers(0, 2**31 - 1)), min_size=1, max_size=12)
-
-
 @settings(max_examples=60, deadline=None)
-@given(memories, st.integers(1, 5), st.booleans())
+@given(knn_memories(min_queries=0), st.integers(1, 5), st.booleans())
 def test_numba_vote_equals_the_numpy_vote(specs, k, discrete):
-    stored, labels, queries = [], [], []
-    for n, m, seed in specs:
-        r = np.random.default_rng(seed)
-
-        def draw(*shape, r=r):  # discrete coordinates create exact distance ties, continuous ones none
-            x = r.integers(-2, 3, size=shape) + 1e-3 if discrete else r.normal(size=shape)
-            return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-        stored.append(draw(n, 3))
-        labels.append(r.integers(-1, 3, size=n))
-        queries.append(draw(m, 3))
+    stored, labels, queries = vote_problem(specs, discrete)  # discrete coordinates create exact distance ties
     counts = np.array([len(q) for q in queries])
     Q = np.concatenate(queries)
     want = knn_vote_packed(stored, labels, Q, counts, k)
@@ -312,15 +297,16 @@ def _numba_clustering_numpy_vote():
     return lambda problems, params: real(problems, params)
 
 
-register_backend("numba-numpy-vote", _numba_clustering_numpy_vote, overwrite=True)
+@pytest.fixture
+def numba_numpy_vote():
+    with registered_backend("numba-numpy-vote", _numba_clustering_numpy_vote) as name:
+        yield name
 
 
-def test_memory_with_numba_backend_matches_the_numpy_vote():
-    from reference_meds import blob_stream
-
+def test_memory_with_numba_backend_matches_the_numpy_vote(numba_numpy_vote):
     config = dict(use_last_n_layers=6, min_cluster_size=3, min_samples=2, max_rows_per_memory=40)
     fast = ErrorMemory(MEDSConfig(backend="numba", **config))
-    oracle = ErrorMemory(MEDSConfig(backend="numba-numpy-vote", **config))  # same clustering, numpy k-NN vote
+    oracle = ErrorMemory(MEDSConfig(backend=numba_numpy_vote, **config))  # same clustering, numpy k-NN vote
     assert ErrorMemory(MEDSConfig(use_last_n_layers=6))._backend == "numba"  # the default on CPU
     seen = 0
     for keys, feats, correct in blob_stream(11, steps=7):

@@ -6,11 +6,11 @@ import os
 
 import numpy as np
 import pytest
-from reference_meds import ReferenceMemory, blob_stream
 
 from meds_core import ErrorMemory, MEDSConfig
 from meds_core._memory_io import MemoryFileError
-from meds_core.clustering import get_backend, register_backend
+from meds_core.clustering import get_backend
+from meds_core.testing import ReferenceMemory, blob_stream, registered_backend
 
 
 def _config(**kw):
@@ -94,11 +94,14 @@ class _CountingBackend:
         return run
 
 
-register_backend("counting-hdbscan", _CountingBackend.factory, overwrite=True)
+@pytest.fixture
+def counting_backend():
+    with registered_backend("counting-hdbscan", _CountingBackend.factory) as name:
+        yield name
 
 
-def test_one_backend_call_per_step_for_every_touched_memory():
-    memory = ErrorMemory(_config(backend="counting-hdbscan"))
+def test_one_backend_call_per_step_for_every_touched_memory(counting_backend):
+    memory = ErrorMemory(_config(backend=counting_backend))
     for i, (keys, feats, correct) in enumerate(blob_stream(5, steps=4, prompts=10), start=1):
         res = memory.update(keys, feats, correct)
         assert _CountingBackend.calls == i
@@ -123,7 +126,10 @@ class _FlakyBackend:
         return run
 
 
-register_backend("flaky-hdbscan", _FlakyBackend.factory, overwrite=True)
+@pytest.fixture
+def flaky_backend():
+    with registered_backend("flaky-hdbscan", _FlakyBackend.factory) as name:
+        yield name
 
 
 def _failing_update(memory, *step):
@@ -135,12 +141,12 @@ def _failing_update(memory, *step):
         _FlakyBackend.fail = False
 
 
-def test_a_failing_backend_leaves_the_memory_unchanged():
+def test_a_failing_backend_leaves_the_memory_unchanged(flaky_backend):
     # cap 30 with ~3-13 rows per memory per step: steps append in place, evict, and move memories to new buffers
     stream = list(blob_stream(31, steps=7))
     keys, feats, correct = stream[5]
     stream[5] = (keys + ["new-prompt"], np.vstack([feats, feats[:1]]), np.append(correct, 0))  # and a new memory
-    failing, clean = (ErrorMemory(_config(max_rows_per_memory=30, backend="flaky-hdbscan")) for _ in range(2))
+    failing, clean = (ErrorMemory(_config(max_rows_per_memory=30, backend=flaky_backend)) for _ in range(2))
     for i, step in enumerate(stream):
         if i >= 3:
             before = failing.state_dict()
@@ -156,7 +162,7 @@ def test_a_failing_backend_leaves_the_memory_unchanged():
     assert a["keys"] == b["keys"]
     for name in ("groups", "lengths", "rows", "labels"):
         np.testing.assert_array_equal(a[name], b[name])
-    fresh = ErrorMemory(_config(backend="flaky-hdbscan"))
+    fresh = ErrorMemory(_config(backend=flaky_backend))
     _failing_update(fresh, *stream[0])
     assert len(fresh) == 0 and fresh.step == 0 and fresh.state_dict()["dim"] == 0
 
@@ -166,19 +172,17 @@ def _sparse_ids_factory():
     return lambda problems, params: [np.where(lab >= 0, lab * 1_000_003 + 11, -1) for lab in real(problems, params)]
 
 
-register_backend("sparse-ids-hdbscan", _sparse_ids_factory, overwrite=True)
-
-
 def test_sizes_count_stored_labels_whatever_ids_the_backend_uses():
-    memory = ErrorMemory(_config(backend="sparse-ids-hdbscan"))
-    for keys, feats, correct in blob_stream(41, steps=4):
-        stored = {mk: memory.labels(*mk) for mk in memory.keys()}
-        res = memory.update(keys, feats, correct)
-        for b in np.flatnonzero(res.valid):
-            want = (stored[(keys[b], int(correct[b]))] == res.label[b]).sum() if (keys[b], int(correct[b])) in stored \
-                else 0
-            assert res.cluster_size[b] == want
-    assert max(memory.labels(*mk).max() for mk in memory.keys()) > 1_000_000
+    with registered_backend("sparse-ids-hdbscan", _sparse_ids_factory) as name:
+        memory = ErrorMemory(_config(backend=name))
+        for keys, feats, correct in blob_stream(41, steps=4):
+            stored = {mk: memory.labels(*mk) for mk in memory.keys()}
+            res = memory.update(keys, feats, correct)
+            for b in np.flatnonzero(res.valid):
+                mk = (keys[b], int(correct[b]))
+                want = (stored[mk] == res.label[b]).sum() if mk in stored else 0
+                assert res.cluster_size[b] == want
+        assert max(memory.labels(*mk).max() for mk in memory.keys()) > 1_000_000
 
 
 def test_batch_permutation_gives_the_same_size_per_row():

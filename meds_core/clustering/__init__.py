@@ -4,7 +4,13 @@ from meds_core.clustering._batch import HDBSCANParams, cluster_batch
 from meds_core.clustering._engine import hdbscan_batch
 from meds_core.clustering._gpu import GPUFallbackWarning, cuda_status
 from meds_core.clustering._knn import knn_vote
-from meds_core.clustering._registry import available_backends, get_backend, register_backend, resolve_backend
+from meds_core.clustering._registry import (
+                                             available_backends,
+                                             get_backend,
+                                             register_backend,
+                                             resolve_backend,
+                                             unregister_backend,
+)
 
 __all__ = [
     "GPUFallbackWarning",
@@ -17,4 +23,5 @@ __all__ = [
     "knn_vote",
     "register_backend",
     "resolve_backend",
+    "unregister_backend",
 ]

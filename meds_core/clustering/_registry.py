@@ -34,6 +34,15 @@ def register_backend(name: str, factory: Callable[[], Backend], *, overwrite: bo
     _LOADED.pop(name, None)
 
 
+def unregister_backend(name: str) -> None:
+    """Remove the backend registered under ``name`` (one :func:`register_backend` added); unknown names are an
+    error."""
+    if name not in _FACTORIES:
+        raise ValueError(f"clustering backend {name!r} is not registered; registered: {available_backends()}.")
+    del _FACTORIES[name]
+    _LOADED.pop(name, None)
+
+
 def available_backends() -> list[str]:
     """Registered backend names (their optional libraries may still be missing)."""
     return sorted(_FACTORIES)
