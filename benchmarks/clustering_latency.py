@@ -32,6 +32,7 @@ every step; reported: ms per step (whole update: vote, sizes, clustering) agains
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -185,20 +186,26 @@ class Cell:
         return {"seconds": best[0], "cluster_seconds": best[1], "stall": best[2]}
 
     def reference_step(self, k: int) -> dict:
-        """The reference's per-memory step on the first k memories (meds_core.testing: per-row NearestNeighbors
-        refit + Counter vote, then hdbscan.HDBSCAN on the memory). Seconds for the k memories, stall share."""
-        from meds_core.testing import reference_labels, reference_vote
-
-        def run():
-            for p in range(k):
-                for row in self.new[p]:
-                    reference_vote(self.stored[p], self.stored_labels[p], row, 3)
-                reference_labels(np.concatenate([self.stored[p], self.new[p]]), self.mcs, self.ms)
-
+        """The reference's per-memory step on the first k memories: per-row NearestNeighbors refit + Counter vote, and
+        hdbscan.HDBSCAN (default algorithm) on the memory. Seconds for the k memories, stall share."""
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            run_seconds, stall, _ = timed(run, 1)
+            run_seconds, stall, _ = timed(lambda: reference_memories(self.stored[:k], self.stored_labels[:k],
+                                                                     self.new[:k], self.mcs, self.ms), 1)
         return {"seconds": run_seconds, "stall": stall}
+
+
+def reference_memories(stored, stored_labels, new, mcs: int, ms: int) -> None:
+    """What the MEDS reference code does per memory (``meds_core.testing``): for every new row a NearestNeighbors
+    (cosine) refit on the stored rows and a Counter vote with the voted cluster's size, then ``hdbscan.HDBSCAN``
+    on the stored plus new rows. stored [k] of [n_i, d], stored_labels [k] of [n_i] int, new [k] of [m, d]."""
+    from meds_core.testing import reference_labels, reference_vote
+
+    for rows, labels, fresh in zip(stored, stored_labels, new):
+        labels = np.asarray(labels)
+        for row in fresh:
+            reference_vote(rows, labels, row, 3)
+        reference_labels(np.concatenate([rows, fresh]), mcs, ms)
 
 
 def subset_size(per_memory_s: float, P: int, budget_s: float) -> int:
@@ -305,8 +312,58 @@ def targets(rows: list[dict], threads: int) -> list[str]:
     return out if len(out) > 4 else []
 
 
+def _report_point(n: int, step: int, steps: int, cap: int) -> bool:
+    return (n & (n - 1)) == 0 and n >= 16 or step > steps - 3 and n == cap
+
+
+def _library_columns(full: ErrorMemory, cfg: MEDSConfig, P: int, m: int, batch: np.ndarray, budget: float) -> dict:
+    """ms per step (scaled to P) of the hdbscan library loop (ErrorMemory with backend='hdbscan') and of the reference
+    step, on the first k memories of ``full``'s current state and this step's rows, k chosen to take ~budget s."""
+    d = batch.shape[1]
+    state = full.state_dict()
+    keys = list(range(P))
+    lengths = state["lengths"]
+    order = {k: i for i, k in enumerate(state["keys"])}
+    ends = np.cumsum(lengths)
+
+    def rows_of(p):
+        i = order[p]
+        return state["rows"][ends[i] - lengths[i]:ends[i]], state["labels"][ends[i] - lengths[i]:ends[i]]
+
+    new = batch.reshape(P, m, d)
+    out = {}
+
+    def library(k):
+        sub = [rows_of(p) for p in keys[:k]]
+        lib_cfg = dataclasses.replace(cfg, backend="hdbscan")
+        memory = ErrorMemory(lib_cfg)
+        memory.load_state_dict({"format_version": state["format_version"], "config": lib_cfg.to_dict(), "dim": d,
+                                "step": 1, "keys": keys[:k], "groups": np.zeros(k, np.int8),
+                                "lengths": np.array([len(r) for r, _ in sub], np.int64),
+                                "rows": np.concatenate([r for r, _ in sub]),
+                                "labels": np.concatenate([lab for _, lab in sub])})
+        t0 = time.perf_counter()
+        memory.update(np.repeat(np.arange(k), m), new[:k].reshape(-1, d), np.zeros(k * m, np.int64))
+        return time.perf_counter() - t0
+
+    def reference(k):
+        sub = [rows_of(p) for p in keys[:k]]
+        t0 = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reference_memories([r for r, _ in sub], [lab for _, lab in sub], new[:k], cfg.min_cluster_size,
+                               cfg.min_samples)
+        return time.perf_counter() - t0
+
+    for name, fn in (("library_ms", library), ("reference_ms", reference)):
+        k = subset_size(fn(4) / 4, P, budget)
+        out[name] = 1e3 * fn(k) * P / k
+        out[name.replace("_ms", "_memories")] = k
+    return out
+
+
 def stream(args) -> None:
-    """Stream mode (see the module docstring): writes ``<out>_stream``-named results next to the grid's."""
+    """Stream mode (see the module docstring): writes clustering_latency_stream.{json,md} next to the grid's."""
     import numba
 
     P, m, cap = args.prompts[0], args.new_rows, args.cap
@@ -323,6 +380,7 @@ def stream(args) -> None:
                 warm = make_memories(2 + t, 2, m, d).reshape(-1, d)
                 memory.update(np.repeat(np.arange(2), m), warm, np.zeros(len(warm), np.int64))
     loadavg = open("/proc/loadavg").read().split()[:3]
+    t_start = time.perf_counter()
     for mcs, ms in SETTINGS:
         feats = make_memories(1, P, steps * m, d)
         cfg = MEDSConfig(use_last_n_layers=d, min_cluster_size=mcs, min_samples=ms, backend="numba",
@@ -332,6 +390,10 @@ def stream(args) -> None:
         keys = np.repeat(np.arange(P), m)
         for t in range(steps):
             batch = feats[:, t * m:(t + 1) * m].reshape(-1, d)
+            n = min((t + 1) * m, cap)
+            extra = {}
+            if _report_point(n, t + 1, steps, cap) and t > 0 and n <= args.library_max_n:
+                extra = _library_columns(full, cfg, P, m, batch, args.budget)
             stall0, w0 = _stall_us(), time.perf_counter()
             t0 = time.perf_counter()
             a = inc.update(keys, batch, np.zeros(len(keys), np.int64))
@@ -340,38 +402,51 @@ def stream(args) -> None:
             t2 = time.perf_counter()
             stall = (_stall_us() - stall0) / (1e6 * (time.perf_counter() - w0))
             np.testing.assert_array_equal(a.label, b.label)
+            np.testing.assert_array_equal(a.cluster_size, b.cluster_size)
             for p in range(0, P, max(1, P // 16)):
                 np.testing.assert_array_equal(inc.labels(p, 0), full.labels(p, 0))
             mst_bytes = sum(sum(x.nbytes for x in s.mst) for s in inc._slots.values() if s.mst is not None)
             kept = sum(s.mst is not None for s in inc._slots.values())
-            rows.append({"mcs": mcs, "ms": ms, "step": t + 1, "n": min((t + 1) * m, cap),
-                         "incremental_ms": 1e3 * (t1 - t0), "full_ms": 1e3 * (t2 - t1), "stall": stall,
-                         "mst_bytes": mst_bytes, "msts_kept": kept})
-            print(f"{mcs}/{ms} n={rows[-1]['n']:5d} incremental {rows[-1]['incremental_ms']:8.1f} ms  full "
-                  f"{rows[-1]['full_ms']:8.1f} ms  MSTs {kept}/{P} ({mst_bytes / 2**20:.1f} MiB)", file=sys.stderr)
+            rows.append({"mcs": mcs, "ms": ms, "step": t + 1, "n": n, "incremental_ms": 1e3 * (t1 - t0),
+                         "full_ms": 1e3 * (t2 - t1), "stall": stall, "mst_bytes": mst_bytes, "msts_kept": kept,
+                         "row_bytes": sum(s.n * (4 * d + 4) for s in inc._slots.values()), **extra})
+            print(f"{mcs}/{ms} n={n:5d} incremental {rows[-1]['incremental_ms']:8.1f} ms  full "
+                  f"{rows[-1]['full_ms']:8.1f} ms  MSTs {kept}/{P} ({mst_bytes / 2**20:.1f} MiB) {extra}",
+                  file=sys.stderr)
     loadavg_end = open("/proc/loadavg").read().split()[:3]
-    lines = [f"Stream: P = {P} memories, m = {m} new rows per memory per step, d = {d}, cap {cap}; numba on "
-             f"{numba.get_num_threads()} threads; whole ErrorMemory.update per step, one run per step (no repeats); "
-             f"loadavg {' '.join(loadavg)} at start, {' '.join(loadavg_end)} at end; labels asserted equal every step.",
-             "", "| mcs/ms | n | incremental ms | full ms | full / incremental | MSTs kept | MST MiB | stall |",
-             "|---|---|---|---|---|---|---|---|"]
+    minutes = (time.perf_counter() - t_start) / 60
+    lines = ["# Stream mode: one MEDS step (k-NN vote + cluster sizes + clustering) as memories grow to the cap", "",
+             f"P = {P} memories, m = {m} new rows per memory per step, d = {d}, cap (max_rows_per_memory) {cap}, "
+             f"{args.extra_steps} steps at the cap (each drops the {m} oldest rows of every memory); numba on "
+             f"{numba.get_num_threads()} threads, BLAS on 1; whole ErrorMemory.update per step, one run per step (no "
+             f"repeats). loadavg {' '.join(loadavg)} at start, {' '.join(loadavg_end)} at end; {minutes:.1f} min. "
+             "Incremental and full engine labels and sizes asserted equal every step. Library loop (backend "
+             "'hdbscan') and reference step (per-row NearestNeighbors refit + Counter vote + hdbscan.HDBSCAN per "
+             f"memory) are timed on k memories (`*k`) of the same state and scaled to P, up to n = "
+             f"{args.library_max_n}. stall: CPU-pressure share during the incremental + full pair (0 = no waiting).",
+             "", "| mcs/ms | n | incremental ms | full engine ms | full / incremental | hdbscan library loop ms "
+             "| reference step ms | reference / incremental | MSTs kept | MST MiB (rows MiB) | stall |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["n"]
-        if (n & (n - 1)) == 0 and n >= 16 or r["step"] == steps:
-            tag = f" (at cap, step {r['step']})" if r["step"] == steps else ""
-            lines.append(f"| {r['mcs']}/{r['ms']} | {n}{tag}"
-                         f" | {r['incremental_ms']:.1f} | {r['full_ms']:.1f} | {r['full_ms'] / r['incremental_ms']:.2f}"
-                         f" | {r['msts_kept']} | {r['mst_bytes'] / 2**20:.2f} | {r['stall']:.2f} |")
+        if not _report_point(n, r["step"], steps, cap):
+            continue
+        tag = f" (at cap, step {r['step']})" if n == cap and r["step"] * m > cap else ""
+        lib = f"{r['library_ms']:.0f} *{r['library_memories']}" if "library_ms" in r else "n/a"
+        ref = f"{r['reference_ms']:.0f} *{r['reference_memories']}" if "reference_ms" in r else "n/a"
+        ratio = f"{r['reference_ms'] / r['incremental_ms']:.0f}x" if "reference_ms" in r else "n/a"
+        lines.append(f"| {r['mcs']}/{r['ms']} | {n}{tag} | {r['incremental_ms']:.1f} | {r['full_ms']:.1f} "
+                     f"| {r['full_ms'] / r['incremental_ms']:.2f} | {lib} | {ref} | {ratio} | {r['msts_kept']} "
+                     f"| {r['mst_bytes'] / 2**20:.2f} ({r['row_bytes'] / 2**20:.1f}) | {r['stall']:.2f} |")
     table = "\n".join(lines)
     print(table)
-    out = args.out + "_stream" if args.out.endswith("_cpu") else args.out
-    out = out.replace("clustering_latency_cpu_stream", "clustering_latency_stream")
+    out = os.path.join(os.path.dirname(args.out), "clustering_latency_stream")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out + ".md", "w") as f:
         f.write(table + "\n")
     with open(out + ".json", "w") as f:
         json.dump({"args": vars(args), "loadavg": [loadavg, loadavg_end], "cpus": os.cpu_count(),
-                   "numba_threads": numba.get_num_threads(), "rows": rows}, f, indent=2)
+                   "numba_threads": numba.get_num_threads(), "minutes": minutes, "rows": rows}, f, indent=2)
 
 
 def main():
@@ -379,7 +454,9 @@ def main():
     ap.add_argument("--stream", action="store_true", help="stream mode: n grows to --cap, m new rows per step")
     ap.add_argument("--cap", type=int, default=1024, help="stream mode: max_rows_per_memory")
     ap.add_argument("--new-rows", type=int, default=16, help="stream mode: new rows per memory per step (m)")
-    ap.add_argument("--extra-steps", type=int, default=2, help="stream mode: steps after reaching the cap")
+    ap.add_argument("--extra-steps", type=int, default=3, help="stream mode: steps after reaching the cap")
+    ap.add_argument("--library-max-n", type=int, default=1024,
+                    help="stream mode: time the library loop and reference step up to this n")
     ap.add_argument("--prompts", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024, 2048])
     ap.add_argument("--dims", type=int, nargs="+", default=[14, 28])

@@ -509,15 +509,19 @@ def test_other_feature_settings_refuse_to_load_unless_strict_false(tmp_path, nam
 
 
 # ---------------------------------------------------------------------------------------------- storage and budget
-def test_stored_form_is_float32_rows_and_int32_labels_only():
+def test_stored_form_is_float32_rows_and_int32_labels_only(monkeypatch):
+    import meds_core.memory
+
+    monkeypatch.setattr(meds_core.memory, "_INCREMENTAL_FROM", 4)  # small memories: keep MSTs here too
     memory = ErrorMemory(_config(max_rows_per_memory=40))
     for s in blob_stream(3, steps=6):
         memory.update(*s)
     arrays = [a for slot in memory._slots.values() for a in (slot.row_buf, slot.labels)]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32), np.dtype(np.int32)}
-    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels", "mst"}
+    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels", "mst", "mst_wait"}
                for slot in memory._slots.values())
-    for slot in memory._slots.values():  # the incremental engine's MST: n - 1 edges (src, dst int64, weight_sq f64)
+    assert any(slot.mst is not None for slot in memory._slots.values()), "the incremental engine keeps MSTs"
+    for slot in memory._slots.values():  # the incremental engine's MST: n - 1 edges (u, v int64, weight_sq f64)
         if slot.mst is not None:
             assert [(a.dtype, a.shape) for a in slot.mst] == [(np.dtype(np.int64), (slot.n - 1,))] * 2 + \
                 [(np.dtype(np.float64), (slot.n - 1,))]
