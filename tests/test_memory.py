@@ -9,8 +9,8 @@ import pytest
 from reference_meds import ReferenceMemory, blob_stream
 
 from meds_core import ErrorMemory, MEDSConfig
-from meds_core._memory_io import MemoryFileError
 from meds_core.clustering import get_backend, register_backend
+from meds_core.step._memory_io import MemoryFileError
 
 
 def _config(**kw):
