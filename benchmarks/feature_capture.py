@@ -38,7 +38,7 @@ import torch
 import transformers
 
 from meds_core import FeatureCapture, MEDSConfig, _native_ops
-from meds_core.capture import _dot_rows
+from meds_core.step.capture import _dot_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 VOCAB = 151936

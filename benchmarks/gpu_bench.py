@@ -182,7 +182,7 @@ def capture(args) -> None:
     sys.path.insert(0, HERE)
     import feature_capture as fc
 
-    from meds_core import _native_ops
+    from meds_core.step import _native_ops
 
     if not (torch.cuda.is_available() and _native_ops.available("cuda")):
         raise SystemExit("capture: needs a CUDA GPU and meds_core._native_cuda (build with MEDS_FORCE_CUDA=1)")

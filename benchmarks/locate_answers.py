@@ -1,4 +1,4 @@
-"""Benchmark of meds_core.answer.locate_answers against the naive per-response method (CPU).
+"""Benchmark of meds_core.step.answer.locate_answers against the naive per-response method (CPU).
 
 Builds a byte-level BPE tokenizer in-process (no hub download), generates synthetic responses of ~``--tokens``
 tokens (most end with ``\\boxed{...}``, ~15% have no marker, ~2% have it far from the end), times
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from meds_core.answer import locate_answers
+from meds_core.step.answer import locate_answers
 
 MARKER = "\\boxed{"
 EOS = "<eos>"

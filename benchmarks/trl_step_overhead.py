@@ -75,11 +75,11 @@ def run(size: str, path: str, meds: bool, steps: int, task, tok, state, seed: in
         device: str = "cpu") -> dict:
     import torch
     from datasets import Dataset
-    from meds_core.adapters.trl import MEDSGRPOTrainer
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
     from meds_core import MEDSConfig
+    from meds_core.adapters.trl import MEDSGRPOTrainer
     from meds_core.demo.task import parse_answer, partial_credit
 
     class Timer(TrainerCallback):

@@ -86,7 +86,7 @@ def main(args: argparse.Namespace) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from meds_core import ErrorMemory, MEDSConfig, extract_features, locate_answers, shape_rewards
-    from meds_core.warmup import warm_clustering_kernels
+    from meds_core.step.warmup import warm_clustering_kernels
 
     warm_clustering_kernels()  # announces the one-time numba compilation instead of a silent first step
 

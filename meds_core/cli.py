@@ -119,7 +119,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _check_eval(args: argparse.Namespace) -> None:
-    from meds_core.evaluation import _check_template
+    from meds_core.evaluation.math_eval import _check_template
 
     check_model_folder(args.model)
     for path in args.data:
@@ -137,14 +137,14 @@ def _check_eval(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.grader == "math-verify":
-        from meds_core.grading import _math_verify_available
+        from meds_core.evaluation.grading import _math_verify_available
 
         _require(_math_verify_available(), "--grader math-verify needs the math-verify package: "
                                            "pip install 'meds_core[eval]', or pass --grader exact.")
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from meds_core.evaluation import evaluate, results_markdown
+    from meds_core.evaluation.math_eval import evaluate, results_markdown
 
     try:
         report = evaluate(args.model, args.data, args.out, n=args.n, max_new_tokens=args.max_new_tokens,
@@ -196,7 +196,7 @@ def _check_inspect(args: argparse.Namespace) -> None:
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
-    from meds_core.inspection import inspect_memory, load_answers
+    from meds_core.inspection.memory_report import inspect_memory, load_answers
 
     answers = load_answers(args.answers) if args.answers else None
     summary = inspect_memory(args.memory, args.out, key=args.key, group=0 if args.group == "wrong" else 1,
@@ -280,7 +280,7 @@ def _check_warmup(args: argparse.Namespace) -> None:
 
 
 def _run_warmup(args: argparse.Namespace) -> int:
-    from meds_core.warmup import warm_clustering_kernels
+    from meds_core.step.warmup import warm_clustering_kernels
 
     seconds = warm_clustering_kernels(verbose=True)
     print(f"clustering kernels ready ({seconds:.1f} s)")

@@ -1,4 +1,4 @@
-"""Tests of meds_core.answer.locate_answers against a slow, obviously-correct oracle.
+"""Tests of meds_core.step.answer.locate_answers against a slow, obviously-correct oracle.
 
 Tokenizers are built in-process: a byte-level BPE trained on math text without a pre-tokenizer regex (so merges
 cross ``{``, e.g. ``{4`` or ``{\\``), its transformers wrapper, and a char-level WordLevel tokenizer.
@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from meds_core.answer import _TAIL_TOKENS, _decoders, locate_answers
+from meds_core.step.answer import _TAIL_TOKENS, _decoders, locate_answers
 
 MARKER = "\\boxed{"
 EOS = "<eos>"

@@ -14,9 +14,9 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from meds_core.capture import FeatureCapture, _dot_rows, _project, _select_layers  # noqa: E402
-from meds_core.config import MEDSConfig  # noqa: E402
-from meds_core.features import extract_features  # noqa: E402
+from meds_core.step.capture import FeatureCapture, _dot_rows, _project, _select_layers  # noqa: E402
+from meds_core.step.config import MEDSConfig  # noqa: E402
+from meds_core.step.features import extract_features  # noqa: E402
 
 VOCAB = 97
 N_LAYERS = 6
@@ -574,7 +574,7 @@ def test_project_and_select_pure():
 
 
 def test_modules_do_not_import_torch():
-    code = ("import sys, meds_core.capture, meds_core.features; "
+    code = ("import sys, meds_core.step.capture, meds_core.step.features; "
             "print(int(any(m == 'torch' or m.startswith('torch.') for m in sys.modules)))")
     base = subprocess.run([sys.executable, "-c", "import sys, meds_core; print(int('torch' in sys.modules))"],
                           capture_output=True, text=True, check=True)

@@ -11,9 +11,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 from test_capture import FAMILIES, _left_padded_batch, _make, _oracle, _position_ids, _rows_targets, _tol  # noqa: E402
 
-from meds_core.capture import FeatureCapture  # noqa: E402
-from meds_core.config import MEDSConfig  # noqa: E402
-from meds_core.features import extract_features  # noqa: E402
+from meds_core.step.capture import FeatureCapture  # noqa: E402
+from meds_core.step.config import MEDSConfig  # noqa: E402
+from meds_core.step.features import extract_features  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

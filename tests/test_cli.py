@@ -110,7 +110,7 @@ def test_inspect_top_must_be_positive(top, tmp_path, capsys):
 
 
 def test_corrupt_memory_file_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
-    from meds_core._memory_io import MemoryFileError
+    from meds_core.step._memory_io import MemoryFileError
 
     mem = tmp_path / "m.bin"
     mem.write_bytes(b"not a memory file at all")
@@ -166,7 +166,7 @@ def test_plain_rl_loop_help_does_not_import_torch():
 
 
 def test_kernel_cache_detection(tmp_path, monkeypatch):
-    from meds_core import warmup as _warmup
+    from meds_core.step import warmup as _warmup
 
     monkeypatch.setenv("NUMBA_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("MEDS_NUMBA_CACHE", raising=False)

@@ -252,8 +252,8 @@ def test_import_meds_core_never_imports_numba_cuda():
 
 
 def test_memory_on_the_cuda_backend_matches_the_numba_backend():
-    from meds_core.config import MEDSConfig
-    from meds_core.memory import ErrorMemory
+    from meds_core.step.config import MEDSConfig
+    from meds_core.step.memory import ErrorMemory
 
     rng = np.random.default_rng(0)
     mems = {b: ErrorMemory(MEDSConfig(backend=b, min_cluster_size=2, min_samples=1)) for b in ("cuda", "numba")}

@@ -15,9 +15,9 @@ pytest.importorskip("trl")
 pytest.importorskip("matplotlib")
 torch = pytest.importorskip("torch")
 
-from meds_core.demo import metrics as M  # noqa: E402
+from meds_core.demo import run_metrics as M  # noqa: E402
 from meds_core.demo.controls import shuffle_within_groups  # noqa: E402
-from meds_core.demo.evaluate import completion_probs, exact_metrics  # noqa: E402
+from meds_core.demo.exact_eval import completion_probs, exact_metrics  # noqa: E402
 from meds_core.demo.summary import paired  # noqa: E402
 from meds_core.demo.task import (  # noqa: E402
     build_model,

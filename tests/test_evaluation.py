@@ -12,13 +12,13 @@ import pytest
 
 pytest.importorskip("transformers")
 import torch  # noqa: E402
+from meds_core.evaluation.diversity import effective_rank, top1_eigen_ratio  # noqa: E402
 
 from meds_core import MEDSConfig, extract_features, locate_answers  # noqa: E402
-from meds_core._generation import HFSampler, load_tokenizer  # noqa: E402
 from meds_core.cli import main  # noqa: E402
-from meds_core.evaluation import QWEN_MATH_INSTRUCTION, evaluate, render_prompt  # noqa: E402
-from meds_core.metrics import effective_rank, top1_eigen_ratio  # noqa: E402
-from meds_core.problems import Problem, load_problems  # noqa: E402
+from meds_core.evaluation._generation import HFSampler, load_tokenizer  # noqa: E402
+from meds_core.evaluation.math_eval import QWEN_MATH_INSTRUCTION, evaluate, render_prompt  # noqa: E402
+from meds_core.evaluation.problems import Problem, load_problems  # noqa: E402
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -251,7 +251,7 @@ def test_evaluate_argument_errors(model_dir, data, tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- prefix
 def test_graded_text_closes_only_a_box_the_prefix_opened():
-    from meds_core.grading import graded_text, last_boxed
+    from meds_core.evaluation.grading import graded_text, last_boxed
 
     assert graded_text("\\boxed{", "7") == "\\boxed{7}"
     assert graded_text("\\boxed{", "7}") == "\\boxed{7}"

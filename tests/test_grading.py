@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-import meds_core.grading as grading
-from meds_core.grading import Grader, last_boxed
+import meds_core.evaluation.grading as grading
+from meds_core.evaluation.grading import Grader, last_boxed
 
 # (reference answer, completion, math-verify verdict, exact-match verdict), measured with math-verify 0.9.0
 CASES = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from meds_core import ErrorMemory, MEDSConfig, penalties, shape_rewards
-from meds_core.step_metrics import step_metrics
+from meds_core.step.step_stats import step_metrics
 
 
 def test_keys_given_as_one_string_are_refused_not_split_into_characters():

@@ -12,7 +12,7 @@ import pytest
 
 from meds_core import ErrorMemory, MEDSConfig, penalties
 from meds_core.cli import main
-from meds_core.inspection import inspect_memory, stored_wrong_penalties, summarize_memory
+from meds_core.inspection.memory_report import inspect_memory, stored_wrong_penalties, summarize_memory
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -126,15 +126,16 @@ def test_inspect_empty_memory(tmp_path):
 def test_python_dash_m_and_light_imports():
     out = subprocess.run([sys.executable, "-m", "meds_core", "--help"], capture_output=True, text=True, check=True)
     assert "eval" in out.stdout and "inspect" in out.stdout
-    code = ("import sys, meds_core.cli, meds_core.metrics; heavy = [m for m in ('torch', 'transformers', "
-            "'matplotlib', 'math_verify') if m in sys.modules]; print(heavy)")
+    code = ("import sys, meds_core.cli, meds_core.evaluation.pass_at_k, meds_core.inspection.memory_stats; "
+            "heavy = [m for m in ('torch', 'transformers', 'matplotlib', 'math_verify') if m in sys.modules]; "
+            "print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     assert main([]) == 2
 
 
 def test_cluster_answers_names_each_clusters_most_frequent_answer():
-    from meds_core.inspection import cluster_answers
+    from meds_core.inspection.memory_report import cluster_answers
 
     labels = np.array([0, 1, 0, -1, 0, 1, -1])
     answers = ["7", "8", "7", "3", "9", "8", "4"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from meds_core import ErrorMemory, MEDSConfig
-from meds_core._memory_io import MemoryFileError
 from meds_core.clustering import get_backend
+from meds_core.step._memory_io import MemoryFileError
 from meds_core.testing import ReferenceMemory, blob_stream, registered_backend
 
 
@@ -510,9 +510,9 @@ def test_other_feature_settings_refuse_to_load_unless_strict_false(tmp_path, nam
 
 # ---------------------------------------------------------------------------------------------- storage and budget
 def test_stored_form_is_float32_rows_and_int32_labels_only(monkeypatch):
-    import meds_core.memory
+    import meds_core.step.memory
 
-    monkeypatch.setattr(meds_core.memory, "_INCREMENTAL_FROM", 4)  # small memories: keep MSTs here too
+    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # small memories: keep MSTs here too
     memory = ErrorMemory(_config(max_rows_per_memory=40))
     for s in blob_stream(3, steps=6):
         memory.update(*s)

@@ -1,4 +1,5 @@
-"""meds_core.metrics against slow oracles: math.comb for pass@k, explicit eigen formulas, loops over a memory."""
+"""pass@k, diversity and memory statistics against slow oracles: math.comb for pass@k, explicit eigen formulas,
+loops over a memory."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meds_core import ErrorMemory, MEDSConfig
-from meds_core.metrics import (
-    default_ks,
-    effective_rank,
-    effective_rank_dynamics,
-    mean_at_n,
-    memory_stats,
-    pass_at_k,
-    top1_eigen_ratio,
-)
+from meds_core.evaluation.diversity import effective_rank, effective_rank_dynamics, top1_eigen_ratio
+from meds_core.evaluation.pass_at_k import default_ks, mean_at_n, pass_at_k
+from meds_core.inspection.memory_stats import memory_stats
 
 
 # ---------------------------------------------------------------------------------------------------- pass@k

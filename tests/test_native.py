@@ -18,8 +18,8 @@ import warnings
 import pytest
 import torch
 
-from meds_core import _native_ops
-from meds_core._native_ops import _hf_rms_norm_reference, gather_dot
+from meds_core.step import _native_ops
+from meds_core.step._native_ops import _hf_rms_norm_reference, gather_dot
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 DEVICES = ["cpu", "cuda"]
@@ -420,7 +420,7 @@ def test_kernel_failure_at_run_time_falls_back(monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------------
 
 def test_import_does_not_load_torch_or_the_extension():
-    code = ("import sys, meds_core, meds_core.capture, meds_core._native_ops; "
+    code = ("import sys, meds_core, meds_core.step.capture, meds_core.step._native_ops; "
             "print(sorted(m for m in sys.modules if m in ('torch', 'meds_core._native', 'meds_core._native_cuda')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stdout

@@ -16,9 +16,9 @@ pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
 import trl_toy as T  # noqa: E402
-from meds_core.adapters.trl import MEDSGRPOTrainer, MEDSPenaltyReward, check_trl_version  # noqa: E402
 
 from meds_core import MEDSConfig  # noqa: E402
+from meds_core.adapters.trl import MEDSGRPOTrainer, MEDSPenaltyReward, check_trl_version  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 CONFIG = MEDSConfig(use_last_n_layers=3, penalty_coef=0.5)
@@ -384,9 +384,8 @@ def test_a_kill_at_any_point_of_the_save_leaves_a_resumable_run_with_the_uninter
     finishes. save_total_limit=1, so a rotation before the memory is written would leave nothing to resume."""
     import json
 
-    from meds_core.adapters.trl import last_complete_checkpoint
-
     from meds_core import ErrorMemory
+    from meds_core.adapters.trl import last_complete_checkpoint
 
     script = os.path.join(os.path.dirname(__file__), "trl_kill_during_save.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -9,8 +9,6 @@ import torch
 pytest.importorskip("verl")
 pytest.importorskip("transformers")
 
-from meds_core.adapters.verl.engine_capture import FEATURES, install_capture, sp_pack, sp_unpack  # noqa: E402
-from meds_core.adapters.verl.positions import answer_from_end, packed_rows, padded_rows, ulysses_local_rows  # noqa: E402
 from verl_engine_harness import (  # noqa: E402
     VOCAB,
     init_gloo,
@@ -22,6 +20,8 @@ from verl_engine_harness import (  # noqa: E402
 )
 
 from meds_core import MEDSConfig  # noqa: E402
+from meds_core.adapters.verl.engine_capture import FEATURES, install_capture, sp_pack, sp_unpack  # noqa: E402
+from meds_core.adapters.verl.positions import answer_from_end, packed_rows, padded_rows, ulysses_local_rows  # noqa: E402
 
 LENS = [9, 14, 6, 11, 20, 7, 13, 10]
 PROMPTS = [3, 4, 2, 5, 6, 3, 4, 5]

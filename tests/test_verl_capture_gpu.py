@@ -15,11 +15,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 def test_fsdp2_bf16_capture_equals_oracle():
-    from meds_core.adapters.verl.engine_capture import FEATURES, install_capture
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
     from verl_engine_harness import init_gloo, make_batch, make_engine, oracle_features
 
     from meds_core import MEDSConfig
+    from meds_core.adapters.verl.engine_capture import FEATURES, install_capture
 
     torch.cuda.set_device(0)
     init_gloo("cpu:gloo,cuda:nccl")  # a 1-rank default group; fully_shard below uses a 1-GPU mesh

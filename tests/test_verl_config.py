@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("verl")
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from meds_core.adapters.verl.settings import check_verl_config  # noqa: E402
 
 from meds_core import MEDSConfig  # noqa: E402
+from meds_core.adapters.verl.settings import check_verl_config  # noqa: E402
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "adapters" / "verl"
 ENV = {"DRY_RUN": "1", "MODEL_PATH": "/models/Qwen2.5-Math-7B", "TRAIN_FILE": "/data/train.parquet",
@@ -83,9 +83,10 @@ def test_bad_settings_fail_at_startup(override, match):
 
 def test_worker_subclass_keeps_registered_methods():
     """veRL binds worker-group methods by scanning for its MAGIC_ATTR; an override must keep it."""
-    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
     from verl.single_controller.base.decorator import MAGIC_ATTR
     from verl.workers.engine_workers import ActorRolloutRefWorker
+
+    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
 
     def registered(cls):
         return {n for n in dir(cls) if hasattr(getattr(cls, n, None), MAGIC_ATTR)}

@@ -27,7 +27,7 @@ import pytest
 
 pytest.importorskip("verl", reason="the veRL adapter's tests run in the veRL environment (.[verl-dev])")
 
-from meds_core.memory import ErrorMemory  # noqa: E402
+from meds_core.step.memory import ErrorMemory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "adapters" / "verl" / "run_meds_cpu.sh"
@@ -37,7 +37,7 @@ TIMEOUT = 900
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("verl_cpu_assets")
-    subprocess.run([sys.executable, "-m", "meds_core.adapters.verl.cpu_assets", "--out", str(out), "--hopeless", "4"],
+    subprocess.run([sys.executable, "-m", "meds_core.demo.verl_assets", "--out", str(out), "--hopeless", "4"],
                    check=True, cwd=ROOT, timeout=TIMEOUT)
     return out
 
@@ -149,7 +149,7 @@ def test_two_data_parallel_workers(assets, tmp_path):
 
 def test_dataset_without_prompt_index_is_refused_at_start(assets, tmp_path):
     broken = tmp_path / "broken"
-    subprocess.run([sys.executable, "-m", "meds_core.adapters.verl.cpu_assets", "--out", str(broken),
+    subprocess.run([sys.executable, "-m", "meds_core.demo.verl_assets", "--out", str(broken),
                     "--broken-index"], check=True, cwd=ROOT, timeout=TIMEOUT)
     result = run_cpu(tmp_path / "out", assets, f"data.train_files={broken / 'train.parquet'}")
     assert result.returncode != 0

@@ -1,10 +1,10 @@
-"""meds_core.step_metrics: the meds/* metrics both adapters log, checked against hand-computed values."""
+"""meds_core.step.step_stats: the meds/* metrics both adapters log, checked against hand-computed values."""
 
 import numpy as np
 import pytest
 
 from meds_core import ErrorMemory, MEDSConfig, penalties
-from meds_core.step_metrics import METRIC_NAMES, step_metrics
+from meds_core.step.step_stats import METRIC_NAMES, step_metrics
 
 
 def _memory_and_step(target="wrong"):

@@ -11,14 +11,14 @@ pytest.importorskip("verl")
 tq = pytest.importorskip("transfer_queue")
 from hydra import compose, initialize_config_module  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from meds_core.adapters.verl.settings import TrainerSettings  # noqa: E402
-from meds_core.adapters.verl.trainer import MEDSTrainerSync  # noqa: E402
 from tensordict import TensorDict  # noqa: E402
 from tensordict.tensorclass import NonTensorData, NonTensorStack  # noqa: E402
 from transfer_queue import KVBatchMeta  # noqa: E402
 
 from meds_core import ErrorMemory  # noqa: E402
-from meds_core.step_metrics import METRIC_NAMES  # noqa: E402
+from meds_core.adapters.verl.settings import TrainerSettings  # noqa: E402
+from meds_core.adapters.verl.trainer import MEDSTrainerSync  # noqa: E402
+from meds_core.step.step_stats import METRIC_NAMES  # noqa: E402
 
 N = 6  # rollouts per prompt
 A, B = np.array([1.0, 0.0, 0.0]), np.array([0.0, 1.0, 0.0])
@@ -167,8 +167,6 @@ def test_old_log_prob_pass_returns_features_through_transfer_queue(transfer_queu
     engine forward with the capture; the features come back in TransferQueue and equal the oracle."""
     from types import SimpleNamespace
 
-    from meds_core.adapters.verl.engine_capture import FEATURES, FLAG, install_capture
-    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
     from verl.utils import tensordict_utils as tu
     from verl_engine_harness import (
         char_tokenizer,
@@ -178,6 +176,9 @@ def test_old_log_prob_pass_returns_features_through_transfer_queue(transfer_queu
         patch_cpu_devices,
         tiny_qwen2,
     )
+
+    from meds_core.adapters.verl.engine_capture import FEATURES, FLAG, install_capture
+    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
 
     init_gloo()
     patch_cpu_devices(monkeypatch)

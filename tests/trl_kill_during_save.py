@@ -16,12 +16,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import trl_toy as T  # noqa: E402
-from meds_core.adapters.trl import MEDSGRPOTrainer, last_complete_checkpoint  # noqa: E402
 from transformers.trainer_callback import TrainerState  # noqa: E402
 from transformers.trainer_utils import get_last_checkpoint  # noqa: E402
 
 from meds_core import MEDSConfig  # noqa: E402
-from meds_core.memory import ErrorMemory  # noqa: E402
+from meds_core.adapters.trl import MEDSGRPOTrainer, last_complete_checkpoint  # noqa: E402
+from meds_core.step.memory import ErrorMemory  # noqa: E402
 
 KILLED = 86
 # Points of the save sequence, in the order they happen inside checkpoint-N/.

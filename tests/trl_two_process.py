@@ -12,9 +12,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import trl_toy as T  # noqa: E402
-from meds_core.adapters.trl import MEDSGRPOTrainer  # noqa: E402
 
 from meds_core import MEDSConfig  # noqa: E402
+from meds_core.adapters.trl import MEDSGRPOTrainer  # noqa: E402
 
 
 class Dumping(MEDSGRPOTrainer):

@@ -15,7 +15,7 @@ mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
 ASSETS="${MEDS_CPU_ASSETS:-$OUT/assets}"
 # 12 training problems, the first 4 hopeless: with data.shuffle=False the first batch is filtered out whole
-[[ -f "$ASSETS/train.parquet" ]] || python3 -m meds_core.adapters.verl.cpu_assets --out "$ASSETS" --hopeless 4
+[[ -f "$ASSETS/train.parquet" ]] || python3 -m meds_core.demo.verl_assets --out "$ASSETS" --hopeless 4
 
 WORKERS=${MEDS_CPU_WORKERS:-1}
 export VERL_PLATFORM=cpu VERL_USE_EXTERNAL_MODULES=meds_core.adapters.verl.cpu

@@ -69,14 +69,14 @@ def run_demo(out: str = "demo_out", seeds: int = 3, steps: int = 60, batch: int 
 
     _limit_threads()
     from meds_core.demo import report
-    from meds_core.demo.evaluate import completion_probs, exact_metrics
+    from meds_core.demo.exact_eval import completion_probs, exact_metrics
     from meds_core.demo.runs import METHODS, RunSettings, quiet_libraries, run_grpo
     from meds_core.demo.summary import aggregate, first_penalty_step, paired, run_summary, same_until
     from meds_core.demo.task import build_model, build_tokenizer, make_task
     from meds_core.demo.warmstart import answer_mixtures, warm_start
 
     quiet_libraries()
-    from meds_core.warmup import warm_clustering_kernels
+    from meds_core.step.warmup import warm_clustering_kernels
 
     kernel_seconds = warm_clustering_kernels(verbose=not quiet, say=say)  # never a silent first MEDS step
     settings = RunSettings(steps=steps, batch=batch, penalty_coef=penalty_coef, eval_every=eval_every,

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from meds_core.demo.controls import shuffle_within_groups
-from meds_core.demo.evaluate import completion_probs, exact_metrics
+from meds_core.demo.exact_eval import completion_probs, exact_metrics
 from meds_core.demo.task import Task, parse_answer, partial_credit
 
 METHODS = ("baseline", "meds", "shuffle")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.demo import metrics as M
+from meds_core.demo import run_metrics as M
 from meds_core.demo.runs import RunLog
 
 

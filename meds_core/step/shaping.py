@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from meds_core._arrays import correctness_groups, to_numpy
-from meds_core.config import CHOICES
+from meds_core.step._arrays import correctness_groups, to_numpy
+from meds_core.step.config import CHOICES
 
 
 def _to_numpy(x: Any, name: str) -> np.ndarray:

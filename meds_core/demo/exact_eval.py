@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.demo.metrics import entropy
+from meds_core.demo.run_metrics import entropy
 from meds_core.demo.task import MARKER, prompt_text
 
 

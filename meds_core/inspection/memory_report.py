@@ -3,7 +3,7 @@
 Writes to the output folder:
 
 * ``summary.json`` / ``summary.md``: memories, stored rows, clusters, noise, repeated errors (see
-  :meth:`meds_core.metrics.MemoryStats.repeated_error_rate`), penalties, and the prompts with the most
+  :meth:`meds_core.inspection.memory_stats.MemoryStats.repeated_error_rate`), penalties, and the prompts with the most
   repeated errors;
 * ``heatmap.png``: the stored features (per-layer logit lens at the answer token) of one prompt's memory,
   layers on x, rollouts grouped by cluster on y;
@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.memory import ErrorMemory
-from meds_core.metrics import MemoryStats, memory_stats
-from meds_core.shaping import penalties
+from meds_core.inspection.memory_stats import MemoryStats, memory_stats
+from meds_core.step.memory import ErrorMemory
+from meds_core.step.shaping import penalties
 
 __all__ = ["inspect_memory", "load_answers", "stored_wrong_penalties", "summarize_memory"]
 

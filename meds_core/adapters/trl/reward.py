@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from meds_core.capture import FeatureCapture
-from meds_core.config import MEDSConfig
-from meds_core.memory import ErrorMemory
-from meds_core.rl_step import meds_step
+from meds_core.step.capture import FeatureCapture
+from meds_core.step.config import MEDSConfig
+from meds_core.step.memory import ErrorMemory
+from meds_core.step.rl_step import meds_step
 
 from ._version import check_trl_version
 from .checkpoints import MEMORY_FILE

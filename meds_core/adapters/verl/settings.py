@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from meds_core.config import MEDSConfig
+from meds_core.step.config import MEDSConfig
 
 __all__ = ["TrainerSettings", "check_prompt_ids", "check_verl_config", "meds_config"]
 

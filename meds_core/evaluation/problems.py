@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from meds_core.keys import stable_prompt_key
+from meds_core.step.keys import stable_prompt_key
 
 __all__ = ["Problem", "load_problems"]
 

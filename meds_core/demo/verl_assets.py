@@ -12,7 +12,7 @@ downloaded.
   answered ``\\boxed{N}`` correctly about a third of the time and three systematic wrong answers
   otherwise: groups are mixed, so GRPO has signal and MEDS has error modes to remember.
 
-``python -m meds_core.adapters.verl.cpu_assets --out DIR`` writes ``DIR/model/``, ``DIR/tokenizer/``,
+``python -m meds_core.demo.verl_assets --out DIR`` writes ``DIR/model/``, ``DIR/tokenizer/``,
 ``DIR/train.parquet`` and ``DIR/val.parquet``. ``--broken-index`` writes a training set without
 ``extra_info.index`` (for the start-up check);
 ``--hopeless N`` gives the first N training problems a reference answer the policy cannot write, so that with
@@ -25,10 +25,9 @@ import argparse
 import os
 from typing import Any
 
+from meds_core.adapters.verl.prepare_data import INSTRUCTION, verl_row, write_parquet
 from meds_core.demo.task import build_model, build_tokenizer, make_task, prompt_text
 from meds_core.demo.warmstart import answer_mixtures, warm_start
-
-from .prepare_data import INSTRUCTION, _row, write_parquet
 
 __all__ = ["CHAT_TEMPLATE", "build_assets", "main"]
 
@@ -89,7 +88,7 @@ def build_assets(out: str, n_train: int = 12, n_val: int = 4, seed: int = 0, war
         out_rows = []
         for i, (a, b) in enumerate(pairs):
             answer = UNREACHABLE if split == "train" and i < hopeless else str(a + b)
-            row = _row(prompt_text(a, b), answer, "toy_arithmetic", data_source, split, i)
+            row = verl_row(prompt_text(a, b), answer, "toy_arithmetic", data_source, split, i)
             if drop_index:
                 del row["extra_info"]["index"]
             out_rows.append(row)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any
 
-from meds_core.capture import FeatureCapture, _unwrap_model
+from meds_core.step.capture import FeatureCapture, _unwrap_model
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from meds_core.config import MEDSConfig
+    from meds_core.step.config import MEDSConfig
 
 __all__ = ["extract_features"]
 

@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from meds_core.capture import FeatureCapture
-from meds_core.features import _logits_kwargs
+from meds_core.step.capture import FeatureCapture
+from meds_core.step.features import _logits_kwargs
 
 from .batch import answer_rows, padded_batch
 

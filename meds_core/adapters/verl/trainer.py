@@ -36,7 +36,7 @@ from verl.trainer.ppo.utils import Role  # noqa: E402
 from verl.trainer.ppo.v1 import PPOTrainerSync  # noqa: E402
 
 from meds_core import MemoryFileError  # noqa: E402
-from meds_core.memory import ErrorMemory  # noqa: E402
+from meds_core.step.memory import ErrorMemory  # noqa: E402
 
 from .driver import (  # noqa: E402
     answer_fields,

@@ -1,6 +1,6 @@
 """Meaning checks of a saved ErrorMemory state: every field against the data and the saved config.
 
-The file layer (:mod:`meds_core._memory_io`) proves the bytes are the ones written; this module proves they
+The file layer (:mod:`meds_core.step._memory_io`) proves the bytes are the ones written; this module proves they
 describe a memory this meds_core could have produced. Every failure is a :class:`MemoryFileError` that names the
 field, the value found and what was expected.
 """
@@ -74,7 +74,7 @@ def check_state(state: Any, source: str = "memory state") -> dict[str, Any]:
     MemoryFileError
         Naming the first inconsistent field.
     """
-    from meds_core.config import MEDSConfig
+    from meds_core.step.config import MEDSConfig
 
     if not isinstance(state, dict):
         raise _fail(source, "state", type(state).__name__, "a dict from ErrorMemory.state_dict()")

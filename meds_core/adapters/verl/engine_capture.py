@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from meds_core.capture import FeatureCapture
-from meds_core.config import MEDSConfig
+from meds_core.step.capture import FeatureCapture
+from meds_core.step.config import MEDSConfig
 
 from .positions import packed_rows, padded_rows, ulysses_local_rows
 

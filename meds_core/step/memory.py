@@ -24,13 +24,13 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from meds_core._arrays import correctness_groups, to_numpy
-from meds_core._memory_check import FORMAT_VERSION, MemoryFileError, check_state, settings_mismatch
-from meds_core._memory_io import read_state, write_state
 from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
 from meds_core.clustering._batch import needs_backend
 from meds_core.clustering._knn import knn_vote_packed_for
-from meds_core.config import MEDSConfig
+from meds_core.step._arrays import correctness_groups, to_numpy
+from meds_core.step._memory_io import read_state, write_state
+from meds_core.step.config import MEDSConfig
+from meds_core.step.memory_file import FORMAT_VERSION, MemoryFileError, check_state, settings_mismatch
 
 Key = Union[str, int]
 __all__ = ["FORMAT_VERSION", "ErrorMemory", "MemoryFileError", "StepResult"]

@@ -15,10 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from meds_core.answer import locate_answers
-from meds_core.keys import stable_prompt_key
-from meds_core.memory import ErrorMemory
-from meds_core.rl_step import ShapedStep, meds_step
+from meds_core.step.answer import locate_answers
+from meds_core.step.keys import stable_prompt_key
+from meds_core.step.memory import ErrorMemory
+from meds_core.step.rl_step import ShapedStep, meds_step
 
 from .positions import answer_from_end
 
@@ -122,7 +122,7 @@ def correctness(extra_fields: Sequence[Any], outcome: torch.Tensor, key: str, is
 def shape_step(memory: ErrorMemory, keys: Sequence[Any], features: torch.Tensor,
                outcome: torch.Tensor, correct: np.ndarray, group_ids: Sequence[str], no_answer: np.ndarray,
                is_padding: np.ndarray) -> ShapedStep:
-    """:func:`meds_core.rl_step.meds_step` on veRL rows: every real featurised rollout updates the memory, then the
+    """:func:`meds_core.step.rl_step.meds_step` on veRL rows: every real featurised rollout updates the memory, then the
     scalar outcome is shaped (``ShapedStep.shaped``).
 
     ``features`` [n, F] float32 (NaN: none), ``outcome`` [n] float, ``correct`` [n] int8 (-1 unknown/padding),

@@ -1,8 +1,8 @@
 """Inputs of a MEDS step on a TRL batch: correctness from a reward column, prompt keys without an id column.
 
 Shared by :class:`~meds_core.adapters.trl.MEDSGRPOTrainer` and :class:`~meds_core.adapters.trl.MEDSPenaltyReward`,
-which then run :func:`meds_core.rl_step.meds_step` on the gathered batch (the same inputs on every process, so every
-process holds an identical memory).
+which then run :func:`~meds_core.step.rl_step.meds_step` on the gathered batch (the same inputs on every process,
+so every process holds an identical memory).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.keys import stable_prompt_key
+from meds_core.step.keys import stable_prompt_key
 
 
 def correctness(values: Any, threshold: float) -> np.ndarray:

@@ -25,8 +25,8 @@ def kernels_cached() -> bool:
     ``NUMBA_CACHE_DIR`` when set, else next to the kernels."""
     if not _cache_enabled():
         return False
-    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                                "clustering", "__pycache__")
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(package, "clustering", "__pycache__")
     return bool(glob.glob(os.path.join(where, "**", "_numba_*.nbi"), recursive=True))
 
 
@@ -48,8 +48,8 @@ def warm_clustering_kernels(verbose: bool = True, say: Callable[[str], None] = p
     """
     import numpy as np
 
-    from meds_core.config import MEDSConfig
-    from meds_core.memory import ErrorMemory
+    from meds_core.step.config import MEDSConfig
+    from meds_core.step.memory import ErrorMemory
 
     t0 = time.perf_counter()
     if verbose and not kernels_cached():

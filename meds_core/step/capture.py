@@ -5,9 +5,9 @@ feature of decoder layer l is ``z_l = <h_l[r_b], W_U[t_b]> (+ bias[t_b])``, comp
 (``L x B x H`` numbers) are ever copied out of a forward: no ``output_hidden_states``, no full-vocabulary projection.
 
 The projection runs in the fused gather kernel (``meds_core._native`` on CPU, ``meds_core._native_cuda`` on CUDA;
-see ``meds_core._native_ops``) when it is built and applies; otherwise in torch (``_project`` / ``_dot_rows``, which
-stay the oracle). torch and the kernels are imported lazily (inside functions) so that ``import meds_core`` stays
-cheap.
+see ``meds_core.step._native_ops``) when it is built and applies; otherwise in torch (``_project`` /
+``_dot_rows``, which stay the oracle). torch and the kernels are imported lazily (inside functions) so that
+``import meds_core`` stays cheap.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import functools
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from meds_core import _native_ops
+from meds_core.step import _native_ops
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from meds_core.config import MEDSConfig
+    from meds_core.step.config import MEDSConfig
 
 __all__ = ["FeatureCapture"]
 

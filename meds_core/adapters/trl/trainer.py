@@ -10,10 +10,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from meds_core.capture import FeatureCapture
-from meds_core.config import MEDSConfig
-from meds_core.memory import ErrorMemory
-from meds_core.rl_step import meds_step
+from meds_core.step.capture import FeatureCapture
+from meds_core.step.config import MEDSConfig
+from meds_core.step.memory import ErrorMemory
+from meds_core.step.rl_step import meds_step
 
 from ._version import SUPPORTED_TRL, check_trl_version
 from .batch import answer_rows, split_batch

@@ -24,9 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.grading import Grader, graded_text
-from meds_core.metrics import default_ks, effective_rank, mean_at_n, pass_at_k, top1_eigen_ratio
-from meds_core.problems import Problem, load_problems
+from meds_core.evaluation.grading import Grader, graded_text
+from meds_core.evaluation.diversity import effective_rank, top1_eigen_ratio
+from meds_core.evaluation.pass_at_k import default_ks, mean_at_n, pass_at_k
+from meds_core.evaluation.problems import Problem, load_problems
 
 __all__ = ["QWEN_MATH_INSTRUCTION", "evaluate", "render_prompt"]
 
@@ -83,7 +84,7 @@ def _answer_features(model: Any, prompt: list[int], responses: list[list[int]], 
     ``locate_answers``, -1: none): [n, F] float32, NaN rows where there is no answer."""
     import torch
 
-    from meds_core.features import extract_features
+    from meds_core.step.features import extract_features
 
     feats = np.full((len(responses), config.use_last_n_layers), np.nan, np.float32)
     todo = np.flatnonzero(starts >= 0)
@@ -211,10 +212,10 @@ def _record(dataset: str, prob: Problem, prompt: list[int], comps: list[list[int
     """The cache record of one problem: its graded completions, their lengths, answers and diversity.
 
     ``prompt`` ends with ``prefix_ids`` (the tokens of ``response_prefix``); ``comps`` are the n generated token-id
-    lists. The grader sees ``response_prefix`` + each generated text (:func:`meds_core.grading.graded_text`).
+    lists. The grader sees ``response_prefix`` + each generated text (:func:`meds_core.evaluation.grading.graded_text`).
     ``config`` None: no features.
     """
-    from meds_core.answer import locate_answers
+    from meds_core.step.answer import locate_answers
 
     texts = tok.batch_decode(comps, skip_special_tokens=True)
     responses = [prefix_ids + c for c in comps]  # the forced prefix is part of the response, and of the grading
@@ -258,7 +259,8 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
     model : str or transformers PreTrainedModel
         HF model folder (or hub id), or a loaded causal LM (then pass ``tokenizer``; engine 'hf').
     data : path or sequence of paths
-        Problem files (.jsonl / .parquet), see :func:`meds_core.problems.load_problems`; one dataset per file.
+        Problem files (.jsonl / .parquet), see :func:`~meds_core.evaluation.problems.load_problems`;
+        one dataset per file.
     out : path
         Output folder: ``settings.json``, ``cache.jsonl`` (one line per scored problem, completions included),
         ``results.json``, ``results.md``.
@@ -271,7 +273,7 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
         Text forced at the start of every response (appended to the prompt). It counts as part of the response
         for the answer feature (a prefix ending in ``\\boxed{`` is found by ``locate_answers``) and for grading:
         the grader sees the prefix followed by the generated text, and a ``\\boxed{`` the prefix opens that the
-        generation never closes is closed (see :func:`meds_core.grading.graded_text`).
+        generation never closes is closed (see :func:`meds_core.evaluation.grading.graded_text`).
     engine : 'auto' | 'hf' | 'vllm'
     grader : 'auto' | 'math-verify' | 'exact'
     seed : int
@@ -291,8 +293,8 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
     dict
         The report written to ``results.json``: ``datasets`` (name -> metrics), ``average``, ``settings``.
     """
-    from meds_core._generation import HFSampler, VLLMSampler, load_tokenizer, resolve_engine
-    from meds_core.config import MEDSConfig
+    from meds_core.evaluation._generation import HFSampler, VLLMSampler, load_tokenizer, resolve_engine
+    from meds_core.step.config import MEDSConfig
 
     for name, value, lo in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
                             ("feature_batch_size", feature_batch_size, 1)):

@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.memory import ErrorMemory, StepResult
-from meds_core.shaping import penalties, shape_rewards
-from meds_core.step_metrics import step_metrics
+from meds_core.step.memory import ErrorMemory, StepResult
+from meds_core.step.shaping import penalties, shape_rewards
+from meds_core.step.step_stats import step_metrics
 
 __all__ = ["ShapedStep", "SizesHook", "meds_step"]
 

@@ -18,7 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["INSTRUCTION", "boxed_answer", "build_train", "build_val", "main", "write_parquet"]
+__all__ = ["INSTRUCTION", "boxed_answer", "build_train", "build_val", "main", "verl_row", "write_parquet"]
 
 INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DAPO = ("open-r1/DAPO-Math-17k-Processed", "en", "train")  # columns: prompt (problem), solution (answer)
@@ -44,7 +44,7 @@ def _norm(problem: str) -> str:
     return re.sub(r"\s+", " ", problem).strip().lower()
 
 
-def _row(problem: str, answer: str, source: str, data_source: str, split: str, index: int) -> dict[str, Any]:
+def verl_row(problem: str, answer: str, source: str, data_source: str, split: str, index: int) -> dict[str, Any]:
     return {
         "data_source": data_source,
         "prompt": [{"role": "user", "content": f"{problem.strip()}\n{INSTRUCTION}"}],
@@ -72,12 +72,13 @@ def build_train(dapo: Iterable[Mapping[str, Any]], math: Iterable[Mapping[str, A
         if r.get("level") in LEVELS:
             offer(str(r["problem"]), boxed_answer(str(r["solution"])) or "", 1, "math_lighteval")
     items = sorted(best.items())
-    return [_row(p, a, src, "math_dapo", "train", i) for i, (_, (_, p, a, src)) in enumerate(items)]
+    return [verl_row(p, a, src, "math_dapo", "train", i) for i, (_, (_, p, a, src)) in enumerate(items)]
 
 
 def build_val(aime: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """AIME-2024 rows (``problem``, ``answer``) -> veRL rows, ``extra_info.index`` in source order."""
-    return [_row(str(r["problem"]), str(r["answer"]), "aime_2024", "aime2024", "test", i) for i, r in enumerate(aime)]
+    return [verl_row(str(r["problem"]), str(r["answer"]), "aime_2024", "aime2024", "test", i)
+            for i, r in enumerate(aime)]
 
 
 def write_parquet(rows: list[dict[str, Any]], path: str) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from meds_core._memory_check import MemoryFileError, check_state
+from meds_core.step.memory_file import MemoryFileError, check_state
 
 __all__ = ["FILE_VERSION", "MAGIC", "MemoryFileError", "read_state", "write_state"]
 
@@ -109,7 +109,7 @@ def _array_entry(arrays: Any, name: str, path: str) -> tuple[list[int], int]:
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
     """Read and verify a file written by :func:`write_state`; raise MemoryFileError if it is not one.
 
-    Returns the state checked by :func:`meds_core._memory_check.check_state` (rows float32, labels int32).
+    Returns the state checked by :func:`meds_core.step.memory_file.check_state` (rows float32, labels int32).
     """
     path = os.fspath(path)
     try:

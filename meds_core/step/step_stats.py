@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from meds_core._arrays import to_numpy
-from meds_core.memory import ErrorMemory, StepResult
+from meds_core.step._arrays import to_numpy
+from meds_core.step.memory import ErrorMemory, StepResult
 
 __all__ = ["METRIC_NAMES", "step_metrics"]
 
