@@ -119,7 +119,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def _check_eval(args: argparse.Namespace) -> None:
-    from meds_core.evaluation.math_eval import _check_template
+    from meds_core.evaluation.math_eval import check_template
 
     check_model_folder(args.model)
     for path in args.data:
@@ -133,13 +133,13 @@ def _check_eval(args: argparse.Namespace) -> None:
     _finite(args, "top_p", 0.0, 1.0, low_open=True)
     _finite(args, "gpu_memory_utilization", 0.0, 1.0, low_open=True)
     try:
-        _check_template(args.template)
+        check_template(args.template)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     if args.grader == "math-verify":
-        from meds_core.evaluation.grading import _math_verify_available
+        from meds_core.evaluation.grading import math_verify_available
 
-        _require(_math_verify_available(), "--grader math-verify needs the math-verify package: "
+        _require(math_verify_available(), "--grader math-verify needs the math-verify package: "
                                            "pip install 'meds_core[eval]', or pass --grader exact.")
 
 

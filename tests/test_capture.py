@@ -6,6 +6,7 @@ import copy
 import functools
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pytest
@@ -14,12 +15,48 @@ from torch import nn
 
 transformers = pytest.importorskip("transformers")
 
-from meds_core.step.capture import FeatureCapture, _dot_rows, _project, _select_layers  # noqa: E402
+from meds_core.step.capture import FeatureCapture, _dot_rows, _select_layers  # noqa: E402
 from meds_core.step.config import MEDSConfig  # noqa: E402
 from meds_core.step.features import extract_features  # noqa: E402
 
 VOCAB = 97
 N_LAYERS = 6
+
+
+# the torch projection with the final norm applied as the model applies it: the oracle of the capture
+def _project(
+    rows_by_layer: torch.Tensor | Sequence[torch.Tensor],
+    w_rows: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    final_norm: str = "none",
+    norm_module: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Project captured hidden rows onto their answer tokens' unembedding rows.
+
+    Args:
+        rows_by_layer: ``[L, k, H]`` raw decoder-layer outputs (model dtype), layer order, or a list of ``[k, H]``.
+        w_rows: ``[k, H]`` unembedding rows ``W_U[t_b]`` (any float dtype).
+        bias: ``[k]`` head bias at ``t_b``, or None.
+        final_norm: ``"last"`` (norm on layer L only), ``"all"`` (every layer) or ``"none"``.
+        norm_module: the model's final norm, applied in the model dtype; required unless ``final_norm == "none"``.
+
+    Returns:
+        ``[k, L]`` float32, ``out[b, l] = <norm?(rows[l, b]).float(), w_rows[b].float()> + bias[b]``.
+    """
+    import torch
+
+    rows = list(rows_by_layer)
+    if final_norm not in ("last", "all", "none"):
+        raise ValueError(f"final_norm={final_norm!r}; use 'last', 'all' or 'none'.")
+    if final_norm != "none":
+        if norm_module is None:
+            raise ValueError(f"final_norm={final_norm!r} needs the model's final norm module (norm_module=None).")
+        if final_norm == "all" and len(rows) > 1:
+            normed = norm_module(torch.stack(rows[:-1]))
+            rows = list(normed.unbind(0)) + [norm_module(rows[-1])]
+        else:
+            rows[-1] = norm_module(rows[-1])
+    return _dot_rows(rows, w_rows, bias)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("transformers")
 import torch  # noqa: E402
-from meds_core.evaluation.diversity import effective_rank, top1_eigen_ratio  # noqa: E402
 
 from meds_core import MEDSConfig, extract_features, locate_answers  # noqa: E402
 from meds_core.cli import main  # noqa: E402
 from meds_core.evaluation._generation import HFSampler, load_tokenizer  # noqa: E402
+from meds_core.evaluation.diversity import effective_rank, top1_eigen_ratio  # noqa: E402
 from meds_core.evaluation.math_eval import QWEN_MATH_INSTRUCTION, evaluate, render_prompt  # noqa: E402
 from meds_core.evaluation.problems import Problem, load_problems  # noqa: E402
 

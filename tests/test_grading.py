@@ -78,7 +78,7 @@ def test_last_boxed():
 
 
 def test_fallback_warns_once(monkeypatch):
-    monkeypatch.setattr(grading, "_math_verify_available", lambda: False)
+    monkeypatch.setattr(grading, "math_verify_available", lambda: False)
     monkeypatch.setattr(grading, "_warned_fallback", False)
     with pytest.warns(UserWarning, match="math-verify is not installed") as record:
         g1, g2 = Grader(), Grader()

@@ -21,7 +21,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["GRADERS", "Grader", "graded_text", "last_boxed"]
+__all__ = ["GRADERS", "Grader", "graded_text", "last_boxed", "math_verify_available"]
 
 GRADERS = ("auto", "math-verify", "exact")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
@@ -84,7 +84,8 @@ def _normalise(answer: str) -> str:
     return s.rstrip(".")
 
 
-def _math_verify_available() -> bool:
+def math_verify_available() -> bool:
+    """True when the optional math-verify package imports."""
     try:
         import math_verify  # noqa: F401
     except ImportError:
@@ -111,7 +112,7 @@ class Grader:
         global _warned_fallback
         if backend not in GRADERS:
             raise ValueError(f"grader backend {backend!r} is not valid; use one of {list(GRADERS)}.")
-        available = _math_verify_available()
+        available = math_verify_available()
         if backend == "math-verify" and not available:
             raise ImportError("grader 'math-verify' needs the math-verify package: "
                               "pip install 'math-verify[antlr4_13_2]', or pass grader='exact'.")

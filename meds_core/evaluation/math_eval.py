@@ -24,12 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from meds_core.evaluation.grading import Grader, graded_text
 from meds_core.evaluation.diversity import effective_rank, top1_eigen_ratio
+from meds_core.evaluation.grading import Grader, graded_text
 from meds_core.evaluation.pass_at_k import default_ks, mean_at_n, pass_at_k
 from meds_core.evaluation.problems import Problem, load_problems
 
-__all__ = ["QWEN_MATH_INSTRUCTION", "evaluate", "render_prompt"]
+__all__ = ["QWEN_MATH_INSTRUCTION", "TEMPLATES", "check_template", "evaluate", "render_prompt"]
 
 QWEN_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TEMPLATES = ("qwen-math", "plain")
@@ -37,7 +37,8 @@ CACHE, SETTINGS, RESULTS_JSON, RESULTS_MD = "cache.jsonl", "settings.json", "res
 
 
 # ---------------------------------------------------------------------------------------------------- prompts
-def _check_template(template: str) -> None:
+def check_template(template: str) -> None:
+    """Raise ValueError naming ``template`` unless it is one of :data:`TEMPLATES` or holds ``{problem}``."""
     if template not in TEMPLATES and "{problem}" not in template:
         raise ValueError(f"template={template!r} is not valid; use 'qwen-math', 'plain', or a format string holding "
                          "'{problem}' (e.g. '{problem}\\nAnswer:').")
@@ -54,7 +55,7 @@ def render_prompt(problem: Problem, tokenizer: Any, template: str = "qwen-math")
     A chat-list prompt (veRL schema) already holds its instruction: it goes through the chat template whatever the
     template (its contents joined by newlines when the tokenizer has none).
     """
-    _check_template(template)
+    check_template(template)
     has_chat = bool(getattr(tokenizer, "chat_template", None))
     if problem.messages is not None:
         messages = [{"role": r, "content": c} for r, c in problem.messages]
@@ -302,7 +303,7 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
             raise ValueError(f"{name}={value!r} must be an integer >= {lo}.")
     if not (temperature >= 0 and 0 < top_p <= 1):
         raise ValueError(f"temperature={temperature!r} must be >= 0 and top_p={top_p!r} in (0, 1].")
-    _check_template(template)
+    check_template(template)
     paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(p) for p in data]
     datasets = {}
     for p in paths:

@@ -151,7 +151,7 @@ def gather_dot(
     if mod is None:
         raise RuntimeError(f"no compiled gather kernel for {dev.type} tensors (meds_core._native"
                            f"{'_cuda' if dev.type == 'cuda' else ''} not built, MEDS_DISABLE_NATIVE set, or an "
-                           "unsupported device); use meds_core.step.capture._project instead.")
+                           "unsupported device); use the torch path of meds_core.step.capture (_dot_rows) instead.")
     if out is None:
         shape = (hidden.shape[1], hidden.shape[0]) if hidden.dim() == 3 else (0, 0)
         out = torch.empty(shape, dtype=torch.float32, device=dev)

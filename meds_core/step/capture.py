@@ -5,21 +5,21 @@ feature of decoder layer l is ``z_l = <h_l[r_b], W_U[t_b]> (+ bias[t_b])``, comp
 (``L x B x H`` numbers) are ever copied out of a forward: no ``output_hidden_states``, no full-vocabulary projection.
 
 The projection runs in the fused gather kernel (``meds_core._native`` on CPU, ``meds_core._native_cuda`` on CUDA;
-see ``meds_core.step._native_ops``) when it is built and applies; otherwise in torch (``_project`` /
-``_dot_rows``, which stay the oracle). torch and the kernels are imported lazily (inside functions) so that
+see ``meds_core.step._native_ops``) when it is built and applies; otherwise in torch
+(``_dot_rows``, which stays the oracle). torch and the kernels are imported lazily (inside functions) so that
 ``import meds_core`` stays cheap.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from meds_core.step import _native_ops
+from meds_core.step.model_parts import NORM_NAMES, head_rows, locate_parts, plain_head
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Sequence
 
     import torch
     from torch import nn
@@ -28,49 +28,11 @@ if TYPE_CHECKING:
 
 __all__ = ["FeatureCapture"]
 
-_LAYER_NAMES = ("layers", "h", "blocks")
-_NORM_NAMES = ("norm", "final_layernorm", "ln_f", "final_layer_norm")
-_DECODER_NAMES = ("model", "transformer")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Pure math (the oracle for any fused kernel added later)
+# Pure math (the oracle of the fused gather kernel)
 # ----------------------------------------------------------------------------------------------------------------------
-
-def _project(
-    rows_by_layer: torch.Tensor | Sequence[torch.Tensor],
-    w_rows: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    final_norm: str = "none",
-    norm_module: Callable[[torch.Tensor], torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """Project captured hidden rows onto their answer tokens' unembedding rows.
-
-    Args:
-        rows_by_layer: ``[L, k, H]`` raw decoder-layer outputs (model dtype), layer order, or a list of ``[k, H]``.
-        w_rows: ``[k, H]`` unembedding rows ``W_U[t_b]`` (any float dtype).
-        bias: ``[k]`` head bias at ``t_b``, or None.
-        final_norm: ``"last"`` (norm on layer L only), ``"all"`` (every layer) or ``"none"``.
-        norm_module: the model's final norm, applied in the model dtype; required unless ``final_norm == "none"``.
-
-    Returns:
-        ``[k, L]`` float32, ``out[b, l] = <norm?(rows[l, b]).float(), w_rows[b].float()> + bias[b]``.
-    """
-    import torch
-
-    rows = list(rows_by_layer)
-    if final_norm not in ("last", "all", "none"):
-        raise ValueError(f"final_norm={final_norm!r}; use 'last', 'all' or 'none'.")
-    if final_norm != "none":
-        if norm_module is None:
-            raise ValueError(f"final_norm={final_norm!r} needs the model's final norm module (norm_module=None).")
-        if final_norm == "all" and len(rows) > 1:
-            normed = norm_module(torch.stack(rows[:-1]))
-            rows = list(normed.unbind(0)) + [norm_module(rows[-1])]
-        else:
-            rows[-1] = norm_module(rows[-1])
-    return _dot_rows(rows, w_rows, bias)
-
 
 def _dot_rows(
     rows_by_layer: torch.Tensor | Sequence[torch.Tensor], w_rows: torch.Tensor, bias: torch.Tensor | None = None
@@ -95,145 +57,6 @@ def _select_layers(values: torch.Tensor, config: MEDSConfig) -> torch.Tensor:
     if values.shape[1] < n:
         raise ValueError(f"need at least {n} per-layer values after differencing, got {values.shape[1]}.")
     return values[:, values.shape[1] - n:].contiguous()
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Locating the parts of a (wrapped) HF causal LM
-# ----------------------------------------------------------------------------------------------------------------------
-
-@dataclass
-class _ModelParts:
-    model: nn.Module  # the unwrapped causal LM
-    head: nn.Module  # lm_head (may be a PEFT wrapper)
-    layers: list  # decoder layers, in order
-    norm: nn.Module | None  # final norm
-
-
-def _unwrap_module(m: Any) -> Any:
-    """Strip FSDP1 / torch.compile wrappers of one module (hooks must sit on the module that owns the weights)."""
-    for _ in range(8):
-        inner = getattr(m, "_fsdp_wrapped_module", None) or getattr(m, "_orig_mod", None)
-        if inner is None:
-            return m
-        m = inner
-    return m
-
-
-def _unwrap_model(model: Any) -> Any:
-    """PEFT (``get_base_model()``), DDP / DeepSpeed (``.module``), FSDP1 (``_fsdp_wrapped_module``),
-    torch.compile (``_orig_mod``) -> the HF causal LM. FSDP2 shards in place: nothing to unwrap."""
-    m = model
-    for _ in range(16):
-        nxt = None
-        if callable(getattr(m, "get_base_model", None)) and (
-                type(m).__name__.startswith("Peft") or hasattr(m, "peft_config")):
-            nxt = m.get_base_model()
-        elif getattr(m, "_fsdp_wrapped_module", None) is not None:
-            nxt = m._fsdp_wrapped_module
-        elif getattr(m, "_orig_mod", None) is not None:
-            nxt = m._orig_mod
-        elif (getattr(m, "module", None) is not None and not callable(getattr(m, "get_output_embeddings", None))
-              and getattr(m, "lm_head", None) is None):
-            nxt = m.module
-        if nxt is None or nxt is m:
-            return m
-        m = nxt
-    return m
-
-
-def _locate(model: Any) -> _ModelParts:
-    """Find lm_head, decoder layers and final norm of a (possibly wrapped) HF causal LM; ValueError if not found."""
-    m = _unwrap_model(model)
-    name = type(m).__name__
-    head = None
-    if callable(getattr(m, "get_output_embeddings", None)):
-        try:
-            head = m.get_output_embeddings()
-        except (NotImplementedError, AttributeError):
-            head = None
-    if head is None:
-        head = getattr(m, "lm_head", None)
-    if head is None:
-        raise ValueError(f"cannot find the LM head of {name}: neither get_output_embeddings() nor .lm_head is set.")
-
-    candidates = []
-    if callable(getattr(m, "get_decoder", None)):
-        try:
-            candidates.append(m.get_decoder())
-        except (NotImplementedError, AttributeError):
-            pass
-    candidates += [getattr(m, a, None) for a in _DECODER_NAMES]
-    for cand in list(candidates):  # OPT-style nesting: model.decoder.layers
-        if cand is not None and getattr(cand, "decoder", None) is not None:
-            candidates.append(cand.decoder)
-    for cand in candidates:
-        if cand is None:
-            continue
-        dec = _unwrap_module(cand)
-        for attr in _LAYER_NAMES:
-            layers = getattr(dec, attr, None)
-            if layers is not None and hasattr(layers, "__len__") and len(layers) > 0:
-                norm = next((getattr(dec, a) for a in _NORM_NAMES if getattr(dec, a, None) is not None), None)
-                return _ModelParts(
-                    model=m,
-                    head=_unwrap_module(head),
-                    layers=[_unwrap_module(layer) for layer in layers],
-                    norm=_unwrap_module(norm) if norm is not None else None,
-                )
-    raise ValueError(f"cannot find the decoder layers of {name}: looked for get_decoder() / .model / .transformer "
-                     f"with a {' / '.join('.' + a for a in _LAYER_NAMES)} list.")
-
-
-def _full(t: torch.Tensor) -> torch.Tensor:
-    """A plain tensor from a possibly sharded DTensor (collective under FSDP2/TP: every rank must call)."""
-    return t.full_tensor() if callable(getattr(t, "full_tensor", None)) else t
-
-
-def _head_rows(head: nn.Module, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Unembedding rows ``[k, H]`` and bias ``[k]`` (or None) of the answer tokens ``targets [k]``.
-
-    Handles a plain ``nn.Linear`` head (weight ``[V, H]``), PEFT ``ModulesToSaveWrapper`` (attribute access goes to
-    the active copy) and a PEFT LoRA-wrapped head (base rows + ``scaling * B[t] @ A`` per active adapter; DoRA and
-    other LoRA variants are not supported).
-    """
-    base = head
-    delta = None
-    if getattr(head, "lora_A", None) is not None and callable(getattr(head, "get_base_layer", None)):
-        base = head.get_base_layer()
-        if not getattr(head, "disable_adapters", False) and not getattr(head, "merged", False):
-            for name in head.active_adapters:
-                if name not in head.lora_A:
-                    continue
-                if name in getattr(head, "lora_variant", {}) or getattr(head, "use_dora", {}).get(name, False):
-                    raise NotImplementedError(f"MEDS features: LoRA variant (e.g. DoRA) on the LM head (adapter "
-                                              f"{name!r}) is not supported; merge it or leave lm_head out of "
-                                              "target_modules.")
-                if getattr(head, "fan_in_fan_out", False):
-                    raise NotImplementedError("MEDS features: fan_in_fan_out LoRA on the LM head is not supported.")
-                a = _full(head.lora_A[name].weight).float()  # [r, H]
-                b = _full(head.lora_B[name].weight)  # [V, r]
-                d = (b.index_select(0, targets.to(b.device)).float() @ a.to(b.device)) * head.scaling[name]
-                delta = d if delta is None else delta + d
-    weight = _full(base.weight)
-    if weight.dim() != 2:
-        raise ValueError(f"LM head weight has shape {tuple(weight.shape)}; expected [vocab, hidden].")
-    idx = targets.to(weight.device)
-    w = weight.index_select(0, idx)
-    if delta is not None:
-        w = w.float() + delta.to(w.device)
-    bias = getattr(base, "bias", None)
-    b_rows = _full(bias).index_select(0, idx.to(bias.device)) if bias is not None else None
-    return w, b_rows
-
-
-def _plain_head(head: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """Full unembedding ``[V, H]`` and bias ``[V]`` of a head the kernel can gather from directly, or None (LoRA on
-    the head: :func:`_head_rows` adds the adapter's delta to the gathered rows)."""
-    if getattr(head, "lora_A", None) is not None and callable(getattr(head, "get_base_layer", None)):
-        return None
-    weight = _full(head.weight)
-    bias = getattr(head, "bias", None)
-    return weight, (_full(bias) if bias is not None else None)
 
 
 def _in_backward() -> bool:
@@ -288,7 +111,7 @@ class FeatureCapture:
     """
 
     def __init__(self, model: nn.Module, config: MEDSConfig) -> None:
-        parts = _locate(model)
+        parts = locate_parts(model)
         n_layers = len(parts.layers)
         need = config.layers_needed
         name = type(parts.model).__name__
@@ -299,7 +122,7 @@ class FeatureCapture:
                              f"{' + 1 for use_layer_diff' if config.use_layer_diff else ''}); "
                              f"set use_last_n_layers <= {hint}.")
         if config.final_norm != "none" and parts.norm is None:
-            raise ValueError(f"cannot find the final norm of {name} (looked for {', '.join(_NORM_NAMES)}); "
+            raise ValueError(f"cannot find the final norm of {name} (looked for {', '.join(NORM_NAMES)}); "
                              f"final_norm={config.final_norm!r} needs it: use final_norm='none' for a model "
                              "without one.")
         self.config = config
@@ -535,11 +358,11 @@ class FeatureCapture:
                 return False
             norm_w, eps = params[0].to(dev), params[1]
         tgt = self._tgt.to(dev)
-        head = _plain_head(self._parts.head)
+        head = plain_head(self._parts.head)
         if head is not None and head[0].dim() == 2:
             weight, bias = head
         else:  # LoRA head: gather the adapted rows in torch, then index them in order
-            weight, bias = _head_rows(self._parts.head, tgt)
+            weight, bias = head_rows(self._parts.head, tgt)
             tgt = torch.arange(tgt.shape[0], device=dev)
         if any(type(t) not in (torch.Tensor, torch.nn.Parameter) for t in (weight, bias) if t is not None):
             return False  # a tensor subclass (quantised weight, ...): no raw pointer to read
@@ -578,5 +401,5 @@ class FeatureCapture:
                 else:
                     normed = self._normed.to(dev) if self._normed is not None else norm(torch.stack(raw[:-1]))
                     rows = list(normed.unbind(0)) + [last]
-            w, b = _head_rows(self._parts.head, self._tgt.to(dev))
+            w, b = head_rows(self._parts.head, self._tgt.to(dev))
             self._values = _dot_rows(rows, w, b)

@@ -1,11 +1,15 @@
-"""extract_features: one no-grad forward of a causal LM -> MEDS features of a padded batch of rollouts."""
+"""extract_features: one no-grad forward of a causal LM -> MEDS features of a padded batch of rollouts.
+
+:func:`capture_forward` is that forward alone (eval mode, no grad, capture armed), shared with the TRL adapter.
+"""
 
 from __future__ import annotations
 
-import inspect
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any
 
-from meds_core.step.capture import FeatureCapture, _unwrap_model
+from meds_core.step.capture import FeatureCapture
+from meds_core.step.model_parts import logits_kwargs, unwrap_model
 
 if TYPE_CHECKING:
     import torch
@@ -13,31 +17,7 @@ if TYPE_CHECKING:
 
     from meds_core.step.config import MEDSConfig
 
-__all__ = ["extract_features"]
-
-
-def _accepts(fn: Any, name: str) -> tuple[bool, bool]:
-    """(``name`` is an explicit parameter of ``fn``, ``fn`` takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False, False
-    return name in params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-
-
-def _logits_kwargs(model: nn.Module) -> dict[str, int]:
-    """``{"logits_to_keep": 1}`` (or the older ``num_logits_to_keep``) when the LM accepts it, else ``{}``."""
-    inner = _unwrap_model(model)
-    for name in ("logits_to_keep", "num_logits_to_keep"):
-        explicit, _ = _accepts(inner.forward, name)
-        if not explicit:
-            continue
-        if model is not inner:  # wrappers (PEFT, DDP, FSDP) must pass it through
-            outer_explicit, outer_var = _accepts(model.forward, name)
-            if not (outer_explicit or outer_var):
-                return {}
-        return {name: 1}
-    return {}
+__all__ = ["capture_forward", "extract_features"]
 
 
 def extract_features(
@@ -101,22 +81,51 @@ def extract_features(
     targets = torch.where(has, ids_cpu[b, p].to(torch.int64), torch.full_like(pos, -1))
 
     try:
-        device = next(_unwrap_model(model).parameters()).device
+        device = next(unwrap_model(model).parameters()).device
     except StopIteration:
         device = input_ids.device
     ids = input_ids.to(device)
     mask = attention_mask.to(device)
     position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    kwargs = dict(input_ids=ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
-    kwargs.update(_logits_kwargs(model))
+    with FeatureCapture(model, config) as cap:
+        return capture_forward(model, cap, rows, targets, input_ids=ids, attention_mask=mask,
+                               position_ids=position_ids)
+
+
+def capture_forward(model: nn.Module, capture: FeatureCapture, rows: Any, targets: Any, autocast: Any = None,
+                    **inputs: Any) -> torch.Tensor:
+    """One eval-mode, no-grad forward of ``model(**inputs)`` with ``capture`` armed; returns its features.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The causal LM ``capture`` hooks (plain or wrapped).
+    capture : FeatureCapture
+        Hooks already registered on ``model``.
+    rows, targets : int [B]
+        Passed to :meth:`FeatureCapture.arm` (flat state row and answer token per sample, -1: no answer).
+    autocast : context manager, optional
+        Entered around the forward (e.g. TRL's ``accelerator.autocast()``).
+    **inputs
+        The model's inputs (``input_ids``, ``attention_mask``, ...); ``use_cache=False`` and, when the model takes
+        it, ``logits_to_keep=1`` are added.
+
+    Returns
+    -------
+    torch.Tensor
+        float32 ``[B, use_last_n_layers]``, NaN rows where there is no answer. The capture is disarmed and every
+        module's training flag restored afterwards, also when the forward raises.
+    """
+    import torch
 
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
+    capture.arm(rows, targets)
     try:
-        with FeatureCapture(model, config) as cap, torch.no_grad():
-            cap.arm(rows, targets)
-            model(**kwargs)
-            return cap.collect()
+        with torch.no_grad(), autocast if autocast is not None else nullcontext():
+            model(**inputs, use_cache=False, **logits_kwargs(model))
+        return capture.collect()
     finally:
+        capture.disarm()
         for m, mode in modes:
             m.training = mode

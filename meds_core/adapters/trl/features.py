@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import numpy as np
 import torch
 
 from meds_core.step.capture import FeatureCapture
-from meds_core.step.features import _logits_kwargs
+from meds_core.step.features import capture_forward
 
 from .batch import answer_rows, padded_batch
 
@@ -29,15 +28,5 @@ def forward_features(model: torch.nn.Module, capture: FeatureCapture, tokenizer:
     """
     ids, mask, P = padded_batch(prompt_ids, completion_ids, pad_id, device)
     rows, targets = answer_rows(tokenizer, completion_ids, P, ids.shape[1], capture.config.answer_marker)
-    modes = [(m, m.training) for m in model.modules()]
-    model.eval()
-    capture.arm(rows, targets)
-    try:
-        with torch.no_grad(), autocast if autocast is not None else nullcontext():
-            model(input_ids=ids, attention_mask=mask, use_cache=False, **_logits_kwargs(model))
-        feats = capture.collect()
-    finally:
-        capture.disarm()
-        for m, training in modes:
-            m.training = training
+    feats = capture_forward(model, capture, rows, targets, autocast, input_ids=ids, attention_mask=mask)
     return feats, targets < 0

@@ -24,13 +24,14 @@ import torch
 
 from meds_core.step.capture import FeatureCapture
 from meds_core.step.config import MEDSConfig
+from meds_core.step.keys import prompt_key
 from meds_core.step.memory import ErrorMemory
 from meds_core.step.rl_step import meds_step
 
 from ._version import check_trl_version
 from .checkpoints import MEMORY_FILE
 from .features import forward_features
-from .step import correctness, prompt_text_key
+from .step_inputs import correctness
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class MEDSPenaltyReward:
             self._warned_key = True
             logger.warning("MEDS: the dataset has no %r column; keying each prompt's memory by a hash of its text.",
                            self.prompt_key_column)
-        return [prompt_text_key(p) for p in prompts]
+        return [prompt_key(p) for p in prompts]
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
 

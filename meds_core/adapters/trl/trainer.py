@@ -12,6 +12,7 @@ import torch
 
 from meds_core.step.capture import FeatureCapture
 from meds_core.step.config import MEDSConfig
+from meds_core.step.keys import prompt_key
 from meds_core.step.memory import ErrorMemory
 from meds_core.step.rl_step import meds_step
 
@@ -19,7 +20,7 @@ from ._version import SUPPORTED_TRL, check_trl_version
 from .batch import answer_rows, split_batch
 from .checkpoints import MEMORY_FILE, last_complete_checkpoint, rotate_complete_checkpoints
 from .features import forward_features
-from .step import correctness, prompt_text_key
+from .step_inputs import correctness
 
 check_trl_version()
 
@@ -225,7 +226,7 @@ class MEDSGRPOTrainer(GRPOTrainer):
         if inputs and all(column in x for x in inputs):
             return [x[column] for x in inputs]
         self._meds_warn_key()
-        return [prompt_text_key(p) for p in prompts]
+        return [prompt_key(p) for p in prompts]
 
     # -- checkpoints ---------------------------------------------------------------------------------------------------
 

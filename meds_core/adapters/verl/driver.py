@@ -7,7 +7,6 @@ Inputs are what the v1 trainer reads from TransferQueue: nested (jagged) ``respo
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +15,7 @@ import numpy as np
 import torch
 
 from meds_core.step.answer import locate_answers
-from meds_core.step.keys import stable_prompt_key
+from meds_core.step.keys import prompt_key
 from meds_core.step.memory import ErrorMemory
 from meds_core.step.rl_step import ShapedStep, meds_step
 
@@ -45,9 +44,10 @@ def answer_fields(tokenizer: Any, responses: Sequence[torch.Tensor], marker: str
     return from_end, (starts < 0) & ~pad
 
 
-def prompt_keys(values: Any, uids: Sequence[str], field: str) -> list[str | int]:
+def prompt_keys(values: Any, uids: Sequence[str], field: str, known: Any = None) -> list[str | int]:
     """Stable memory keys from the prompt-id field (ints/strs kept; anything else, e.g. chat messages, hashed with
-    :func:`meds_core.stable_prompt_key`). ValueError when one id covers every prompt of a multi-prompt step, the
+    :func:`meds_core.step.keys.prompt_key`, which ``known``, the memory, lets keep keys of older files).
+    ValueError when one id covers every prompt of a multi-prompt step, the
     sign of a dataset without ``extra_info.index`` (veRL then fills 0)."""
     vals = values.tolist() if hasattr(values, "tolist") else [_unwrap(v) for v in values]
     keys: list[str | int] = []
@@ -56,7 +56,7 @@ def prompt_keys(values: Any, uids: Sequence[str], field: str) -> list[str | int]
         if isinstance(v, (list, tuple)) and len(v) == 1 and isinstance(v[0], (int, str)):
             v = v[0]
         if isinstance(v, bool) or not isinstance(v, (int, str)):
-            v = stable_prompt_key(json.dumps(v, sort_keys=True, default=str))
+            v = prompt_key(v, known)
         keys.append(v)
     real = [(k, u) for k, u in zip(keys, uids) if not str(u).startswith("pad")]
     if len({u for _, u in real}) > 1 and len({k for k, _ in real}) == 1:

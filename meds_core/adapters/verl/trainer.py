@@ -127,7 +127,7 @@ class MEDSTrainerSync(PPOTrainerSync):
         data = tq.kv_batch_get(keys=batch.keys, partition_id=batch.partition_id, select_fields=fields)
         pad = _is_padding(batch)
         uids = [str(getattr(u, "data", u)) for u in data["uid"]]
-        keys = prompt_keys(data[key_field], uids, key_field)
+        keys = prompt_keys(data[key_field], uids, key_field, known=self.meds_memory)
         outcome = outcome_of(data["rm_scores"])
         extra = list(data["extra_fields"])
         correct = correctness(extra, outcome, self.meds_settings.correct_key, pad)

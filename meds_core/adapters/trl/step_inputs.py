@@ -1,4 +1,5 @@
-"""Inputs of a MEDS step on a TRL batch: correctness from a reward column, prompt keys without an id column.
+"""Inputs of a MEDS step on a TRL batch: correctness from a reward column (prompt keys without an id column come
+from :func:`meds_core.step.keys.prompt_key`).
 
 Shared by :class:`~meds_core.adapters.trl.MEDSGRPOTrainer` and :class:`~meds_core.adapters.trl.MEDSPenaltyReward`,
 which then run :func:`~meds_core.step.rl_step.meds_step` on the gathered batch (the same inputs on every process,
@@ -7,21 +8,12 @@ so every process holds an identical memory).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import numpy as np
-
-from meds_core.step.keys import stable_prompt_key
 
 
 def correctness(values: Any, threshold: float) -> np.ndarray:
     """int8 [N]: 1 where the reward is > ``threshold``, 0 where it is not, -1 where it is NaN (unscored)."""
     v = np.asarray(values.detach().cpu().double() if hasattr(values, "detach") else values, dtype=np.float64)
     return np.where(np.isnan(v), -1, v > threshold).astype(np.int8)
-
-
-def prompt_text_key(prompt: Any) -> str:
-    """Stable key of a prompt without an id column: the text (chat prompts: their JSON) hashed."""
-    text = prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True, ensure_ascii=False, default=str)
-    return stable_prompt_key(text)
