@@ -56,7 +56,7 @@ class Recording(MEDSGRPOTrainer):
 
     def _meds_features(self, prompts, completion_ids):
         feats, no_answer = super()._meds_features(prompts, completion_ids)
-        prompt_ids = self._tokenize_prompts(prompts)[0]
+        prompt_ids = self._meds_rollout["prompt_ids"]  # the tokens TRL generated from
         model = self.accelerator.unwrap_model(self.model)
         self.rec.append({"completion_ids": [list(c) for c in completion_ids], "features": feats.cpu().numpy(),
                          "oracle": oracle_features(model, prompt_ids, completion_ids, self.meds_config),
@@ -157,9 +157,13 @@ def test_a_different_batch_seen_by_trl_is_not_reused(tmp_path, caplog):
     other = [completions[0], tok(f"{T.MARKER} 11 }} <eos>")["input_ids"]]  # one token differs
     from meds_core.adapters.trl.batch import padded_batch
 
-    ids, mask, P = padded_batch(tr._tokenize_prompts(prompts)[0], other, tok.pad_token_id)
-    tr._meds_pending = {"input_ids": ids, "attention_mask": mask, "completion_width": ids.shape[1] - P,
-                        "features": torch.zeros(2, CONFIG.use_last_n_layers)}
+    prompt_ids = tr._tokenize_prompts(prompts)[0]
+    tr._meds_rollout = {"prompt_ids": prompt_ids, "completion_ids": completions, "tool_mask": None}
+    ids, mask, P = padded_batch(prompt_ids, other, tok.pad_token_id)
+    tr._meds_expect_old_logps = True
+    with torch.no_grad():
+        tr._get_per_token_logps_and_entropies(tr.model, ids, mask, ids.shape[1] - P, batch_size=2)
+    assert tr._meds_pending == {"matched": False} and not tr.meds_capture.armed
     with caplog.at_level(logging.WARNING, logger="meds_core.adapters.trl"):
         feats, no_answer = MEDSGRPOTrainer._meds_features(tr, prompts, completions)
     assert tr.meds_extra_forwards == 1 and tr.meds_reused_forwards == 0
