@@ -1,0 +1,118 @@
+"""pytest plugin of ``benchmarks/trl_compat.py``: runs TRL's own GRPO tests stock or with ``MEDSGRPOTrainer``.
+
+Loaded with ``-p _trl_compat_plugin`` (this folder on ``PYTHONPATH``); configured by environment variables:
+
+- ``MEDS_TRL_COMPAT_MODE``: ``stock`` (TRL's ``GRPOTrainer`` untouched) or ``meds``: every collected test module that
+  imported ``GRPOTrainer`` gets :class:`MEDSGRPOTrainerUnderTRLTests` under that name instead, so each
+  ``GRPOTrainer(...)`` the tests build (and each ``patch.object(GRPOTrainer, ...)``) is a ``MEDSGRPOTrainer`` with
+  :data:`MEDS_CONFIG`. Nothing else in the tests changes.
+- ``MEDS_TRL_COMPAT_REPORT``: JSON file written at the end: per test id its outcome (``pass``, ``fail``, ``error``,
+  ``skip``, ``xfail``, ``xpass``), a one-line reason for non-passes, and in MEDS mode how many rollouts MEDS scored
+  and how many got a non-zero penalty (read from :func:`meds_core.rl_step.meds_step`'s result, unchanged).
+
+One shim, for the test file's helper module only: ``trl.import_utils.is_joblib_available`` (imported by TRL's
+``tests/testing_utils.py`` at the pinned commit, absent from trl 1.16) is added when missing, answering whether
+``joblib`` is importable.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+
+MODE = os.environ.get("MEDS_TRL_COMPAT_MODE", "stock")
+if MODE not in ("stock", "meds"):
+    raise ValueError(f"MEDS_TRL_COMPAT_MODE={MODE!r}: use 'stock' or 'meds'.")
+REPORT = os.environ.get("MEDS_TRL_COMPAT_REPORT")
+# The answer marker is the prefix of the stand-in tokenizer's filler words (tests/trl_standins.py), which a random
+# model writes in nearly every completion; the stand-in models have 2 decoder layers.
+ANSWER_MARKER = " x"
+LAYERS = 2
+
+_trl_import_utils = importlib.import_module("trl.import_utils")
+if not hasattr(_trl_import_utils, "is_joblib_available"):
+    _trl_import_utils.is_joblib_available = lambda: importlib.util.find_spec("joblib") is not None
+
+_results: dict[str, dict] = {}
+_penalties: dict[str, list[int]] = {}  # test id -> [rollouts scored, rollouts with a non-zero penalty]
+_current: list[str] = [""]
+
+
+def meds_config():
+    from meds_core.config import MEDSConfig
+
+    return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS)
+
+
+def _meds_trainer_class():
+    from meds_core.adapters.trl import MEDSGRPOTrainer
+    from meds_core.adapters.trl import trainer as trainer_module
+
+    class MEDSGRPOTrainerUnderTRLTests(MEDSGRPOTrainer):
+        """``MEDSGRPOTrainer`` with the harness's ``meds_config`` as default (the tests pass none)."""
+
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("meds_config", meds_config())
+            super().__init__(*args, **kwargs)
+
+    step = trainer_module.meds_step
+
+    def counted_meds_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        seen = _penalties.setdefault(_current[0], [0, 0])
+        seen[0] += len(out.penalty)
+        seen[1] += int(np.count_nonzero(out.penalty))
+        return out
+
+    trainer_module.meds_step = counted_meds_step
+    return MEDSGRPOTrainerUnderTRLTests
+
+
+def pytest_collection_modifyitems(session, config, items):
+    if MODE != "meds":
+        return
+    cls = _meds_trainer_class()
+    for module in {item.module for item in items if getattr(item, "module", None) is not None}:
+        if hasattr(module, "GRPOTrainer"):
+            module.GRPOTrainer = cls
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _current[0] = item.nodeid
+
+
+def _reason(report) -> str:
+    if report.skipped and isinstance(report.longrepr, tuple):
+        return str(report.longrepr[2])
+    text = getattr(report, "longreprtext", "") or ""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip().startswith("E ")]
+    return (lines[-1][1:].strip() if lines else text.strip().splitlines()[-1] if text.strip() else "")[:300]
+
+
+def pytest_runtest_logreport(report):
+    entry = _results.setdefault(report.nodeid, {"outcome": "pass", "reason": "", "seconds": 0.0})
+    entry["seconds"] += float(getattr(report, "duration", 0.0))
+    if hasattr(report, "wasxfail"):
+        entry["outcome"] = "xfail" if report.skipped else "xpass"
+        entry["reason"] = entry["reason"] or str(report.wasxfail)
+    elif report.failed:
+        entry["outcome"] = "fail" if report.when == "call" else "error"
+        entry["reason"] = entry["reason"] or _reason(report)
+    elif report.skipped:
+        entry["outcome"] = "skip"
+        entry["reason"] = _reason(report)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not REPORT:
+        return
+    for nodeid, (scored, penalised) in _penalties.items():
+        if nodeid in _results:
+            _results[nodeid].update(meds_rollouts=scored, meds_penalised=penalised)
+    with open(REPORT, "w", encoding="utf-8") as f:
+        json.dump({"mode": MODE, "results": _results}, f, indent=1)
