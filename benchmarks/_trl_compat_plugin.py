@@ -8,7 +8,7 @@ Loaded with ``-p _trl_compat_plugin`` (this folder on ``PYTHONPATH``); configure
   :data:`MEDS_CONFIG`. Nothing else in the tests changes.
 - ``MEDS_TRL_COMPAT_REPORT``: JSON file written at the end: per test id its outcome (``pass``, ``fail``, ``error``,
   ``skip``, ``xfail``, ``xpass``), a one-line reason for non-passes, and in MEDS mode how many rollouts MEDS scored
-  and how many got a non-zero penalty (read from :func:`meds_core.rl_step.meds_step`'s result, unchanged).
+  and how many got a non-zero penalty (read from :func:`meds_core.step.rl_step.meds_step`'s result, unchanged).
 
 One shim, for the test file's helper module only: ``trl.import_utils.is_joblib_available`` (imported by TRL's
 ``tests/testing_utils.py`` at the pinned commit, absent from trl 1.16) is added when missing, answering whether
@@ -43,7 +43,7 @@ _current: list[str] = [""]
 
 
 def meds_config():
-    from meds_core.config import MEDSConfig
+    from meds_core import MEDSConfig
 
     return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS)
 

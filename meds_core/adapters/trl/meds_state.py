@@ -3,7 +3,7 @@
 One place for: the memory and its checkpoint file (:data:`MEMORY_FILE`, written by :meth:`MEDSState.save`, read by
 :meth:`MEDSState.load`), the feature capture, the prompt keys (a dataset id column, else a hash of the prompt text,
 with one warning), and the gathered step (features, no-answer flags and keys gathered over all processes, then
-:func:`meds_core.rl_step.meds_step`, so every process holds an identical memory).
+:func:`meds_core.step.rl_step.meds_step`, so every process holds an identical memory).
 """
 
 from __future__ import annotations
