@@ -7,7 +7,8 @@ import pytest
 pq = pytest.importorskip("pyarrow.parquet")
 datasets = pytest.importorskip("datasets")
 
-from meds_core.adapters.verl.prepare_data import INSTRUCTION, boxed_answer, build_train, build_val, write_parquet  # noqa: E402,I001
+from meds_core.adapters.verl.prepare_data import INSTRUCTION, build_train, build_val, write_parquet  # noqa: E402,I001
+from meds_core.evaluation.grading import last_boxed  # noqa: E402
 
 DAPO = datasets.Dataset.from_dict({"prompt": ["What is 1+1?", "Find x if 2x=6.", "  what is 1+1? "],
                                    "solution": ["2", "3", "2"]})
@@ -20,9 +21,11 @@ AIME = datasets.Dataset.from_dict({"problem": ["AIME problem one.", "AIME proble
 
 
 def test_boxed_answer_nested_and_last():
-    assert boxed_answer("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
-    assert boxed_answer("\\boxed{1} then \\boxed{2}") == "2"
-    assert boxed_answer("no box") is None and boxed_answer("\\boxed{open") is None
+    """Reference answers use the graders' parser: the last closed box; a truncated last box gives the one before."""
+    assert last_boxed("a \\boxed{\\frac{1}{2}} b") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{1} then \\boxed{2}") == "2"
+    assert last_boxed("no box") is None and last_boxed("\\boxed{open") is None
+    assert last_boxed("\\boxed{1} then \\boxed{2") == "1"
 
 
 def test_train_and_val_parquet(tmp_path):

@@ -25,6 +25,7 @@ from meds_core.step.capture import FeatureCapture
 from meds_core.step.config import MEDSConfig
 
 from .positions import packed_rows, padded_rows, ulysses_local_rows
+from .settings import refuse_fused_kernels
 
 __all__ = ["FEATURES", "FLAG", "FROM_END", "EngineCapture", "install_capture", "sp_pack", "sp_unpack"]
 
@@ -58,9 +59,7 @@ class EngineCapture:
 
     def __init__(self, engine: Any, config: MEDSConfig) -> None:
         engine_config = getattr(engine, "engine_config", None)
-        if getattr(engine_config, "use_fused_kernels", False):
-            raise ValueError("MEDS reads its features in lm_head's forward, which fused kernels skip; set "
-                             "actor_rollout_ref.model.use_fused_kernels=False.")
+        refuse_fused_kernels(getattr(engine_config, "use_fused_kernels", False))
         self.config = config
         self.capture = FeatureCapture(engine.module, config)
         self.sp_group = getattr(engine, "ulysses_parallel_group", None)
@@ -74,9 +73,7 @@ class EngineCapture:
     def arm(self, micro_batch: Any, model_inputs: dict) -> None:
         """Arm the hooks for this micro-batch (called after veRL prepared the model inputs)."""
         self._armed = False
-        if _flag(micro_batch, "use_fused_kernels", False):
-            raise ValueError("MEDS capture was requested on a fused-kernel forward; set "
-                             "actor_rollout_ref.model.use_fused_kernels=False.")
+        refuse_fused_kernels(_flag(micro_batch, "use_fused_kernels", False))
         if FROM_END not in micro_batch.keys():
             raise KeyError(f"the batch is flagged {FLAG!r} but has no {FROM_END!r} field; the MEDS trainer writes "
                            "it before compute_log_prob.")

@@ -18,26 +18,16 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["INSTRUCTION", "boxed_answer", "build_train", "build_val", "main", "verl_row", "write_parquet"]
+from meds_core.evaluation.grading import last_boxed
+from meds_core.evaluation.math_eval import QWEN_MATH_INSTRUCTION
 
-INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+__all__ = ["INSTRUCTION", "build_train", "build_val", "main", "verl_row", "write_parquet"]
+
+INSTRUCTION = QWEN_MATH_INSTRUCTION  # the evaluation's prompt line, so training and evaluation prompts match
 DAPO = ("open-r1/DAPO-Math-17k-Processed", "en", "train")  # columns: prompt (problem), solution (answer)
 MATH = ("DigitalLearningGmbH/MATH-lighteval", "default", "train")  # problem, solution (with \boxed{}), level
 AIME = ("HuggingFaceH4/aime_2024", "default", "train")  # problem, answer
 LEVELS = ("Level 3", "Level 4", "Level 5")
-
-
-def boxed_answer(solution: str) -> str | None:
-    """Content of the LAST ``\\boxed{...}`` of a solution (nested braces balanced); None if there is none."""
-    start = solution.rfind("\\boxed{")
-    if start < 0:
-        return None
-    i, depth = start + len("\\boxed{"), 1
-    for j in range(i, len(solution)):
-        depth += {"{": 1, "}": -1}.get(solution[j], 0)
-        if depth == 0:
-            return solution[i:j].strip()
-    return None
 
 
 def _norm(problem: str) -> str:
@@ -70,7 +60,7 @@ def build_train(dapo: Iterable[Mapping[str, Any]], math: Iterable[Mapping[str, A
         offer(str(r["prompt"]), str(r["solution"]), 0, "dapo_math_17k")
     for r in math:
         if r.get("level") in LEVELS:
-            offer(str(r["problem"]), boxed_answer(str(r["solution"])) or "", 1, "math_lighteval")
+            offer(str(r["problem"]), (last_boxed(str(r["solution"])) or "").strip(), 1, "math_lighteval")
     items = sorted(best.items())
     return [verl_row(p, a, src, "math_dapo", "train", i) for i, (_, (_, p, a, src)) in enumerate(items)]
 

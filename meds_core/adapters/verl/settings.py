@@ -72,6 +72,14 @@ def _get(cfg: Any, path: str, default: Any = None) -> Any:
     return default if node is None else node
 
 
+def refuse_fused_kernels(enabled: Any) -> None:
+    """Raise ValueError when veRL's fused kernels are on: they skip ``lm_head``'s forward, in which MEDS reads its
+    features. The one check behind the start-up config check, the worker, the engine and each micro-batch."""
+    if enabled:
+        raise ValueError("MEDS reads its features in lm_head's forward, which fused kernels skip; set "
+                         "actor_rollout_ref.model.use_fused_kernels=False.")
+
+
 def check_verl_config(cfg: Any) -> MEDSConfig:
     """Everything MEDS needs from a composed veRL config, checked before Ray starts. Returns the MEDSConfig.
 
@@ -82,9 +90,7 @@ def check_verl_config(cfg: Any) -> MEDSConfig:
     """
     config = meds_config(_get(cfg, "meds"))
     TrainerSettings.from_node(_get(cfg, "meds_trainer"))
-    if _get(cfg, "actor_rollout_ref.model.use_fused_kernels", False):
-        raise ValueError("MEDS reads its features in lm_head's forward, which actor_rollout_ref.model.use_fused_kernels"
-                         "=True skips; set actor_rollout_ref.model.use_fused_kernels=False.")
+    refuse_fused_kernels(_get(cfg, "actor_rollout_ref.model.use_fused_kernels", False))
     if _get(cfg, "algorithm.rollout_correction.bypass_mode", False):
         raise ValueError("algorithm.rollout_correction.bypass_mode=True skips the old-log-prob forward in which MEDS "
                          "captures its features; set algorithm.rollout_correction.bypass_mode=False.")

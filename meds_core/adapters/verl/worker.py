@@ -13,7 +13,7 @@ from verl.single_controller.base.decorator import Dispatch, register  # noqa: E4
 from verl.workers.engine_workers import ActorRolloutRefWorker  # noqa: E402
 
 from .engine_capture import install_capture  # noqa: E402
-from .settings import meds_config  # noqa: E402
+from .settings import meds_config, refuse_fused_kernels  # noqa: E402
 
 __all__ = ["MEDSActorRolloutRefWorker"]
 
@@ -29,9 +29,7 @@ class MEDSActorRolloutRefWorker(ActorRolloutRefWorker):
     @register(dispatch_mode=Dispatch.ONE_TO_ALL)
     def init_model(self):
         config = meds_config(self.config.get("meds", None))
-        if self.config.model.get("use_fused_kernels", False):
-            raise ValueError("MEDS reads its features in lm_head's forward, which fused kernels skip; set "
-                             "actor_rollout_ref.model.use_fused_kernels=False.")
+        refuse_fused_kernels(self.config.model.get("use_fused_kernels", False))
         super().init_model()
         if self.actor is not None:
             self.meds_capture = install_capture(self.actor.engine, config)
