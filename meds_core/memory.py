@@ -27,7 +27,6 @@ from meds_core._arrays import correctness_groups, to_numpy
 from meds_core._memory_check import FORMAT_VERSION, MemoryFileError, check_state, settings_mismatch
 from meds_core._memory_io import read_state, write_state
 from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
-from meds_core.clustering._batch import needs_backend
 from meds_core.clustering._knn import knn_vote_packed_for
 from meds_core.config import MEDSConfig
 
@@ -345,7 +344,7 @@ class ErrorMemory:
                 for slot, _, _ in staged:
                     slot.mst = None
             seconds = time.perf_counter() - t0
-            calls = int(any(needs_backend(len(p), self._params) for p in problems))
+            calls = int(any(len(p) >= self._params.min_rows for p in problems))
         slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
             old = slots.pop(mk, None)
@@ -384,7 +383,7 @@ class ErrorMemory:
                 old.append(None)
         cap = self.config.max_rows_per_memory
         labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=[n < cap for _, _, n in staged],
-                                           **self._params._asdict())
+                                           **self._params.kwargs())
         for (slot, _, _), mst in zip(staged, msts):
             slot.mst = mst
         return labels
