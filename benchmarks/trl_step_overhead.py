@@ -42,18 +42,11 @@ WARMUP = 2
 
 def make_model(size: str, tok):
     """Random Qwen2 of the given size for the toy tokenizer (untied head)."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from meds_core.testing import tiny_qwen2
 
     hidden, layers, _ = SIZES[size]
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=8, num_key_value_heads=4, max_position_embeddings=64,
-                      tie_word_embeddings=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                      bos_token_id=None)
-    model = Qwen2ForCausalLM(cfg)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.generation_config.bos_token_id = None
-    return model
+    return tiny_qwen2(len(tok), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=8,
+                      num_key_value_heads=4, max_position_embeddings=64, tokenizer=tok, seed=None)
 
 
 def build(size: str, seed: int):

@@ -24,15 +24,10 @@ MARKER = "\\boxed{"
 
 def build_tokenizer():
     """Character-level tokenizer, except that the marker is one token: vocabulary built in-process."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from meds_core.testing import char_tokenizer
 
-    chars = list("0123456789+= }")
-    vocab = {"<pad>": 0, "<eos>": 1, MARKER: 2, **{c: i + 3 for i, c in enumerate(chars)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    return char_tokenizer("0123456789+= }", ("<pad>", "<eos>", MARKER), whole=(MARKER,), pad_token="<pad>",
+                          eos_token="<eos>")
 
 
 def sample_rollouts(model, tok, prompts, group, generator):
@@ -83,18 +78,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     import numpy as np
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     from meds_core import ErrorMemory, MEDSConfig, extract_features, locate_answers, shape_rewards
     from meds_core.step.warmup import warm_clustering_kernels
+    from meds_core.testing import tiny_qwen2
 
     warm_clustering_kernels()  # announces the one-time numba compilation instead of a silent first step
 
-    torch.manual_seed(args.seed)
     tok = build_tokenizer()
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=64, tie_word_embeddings=False))
+    model = tiny_qwen2(len(tok), seed=args.seed, max_position_embeddings=64)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     config = MEDSConfig(use_last_n_layers=4, penalty_coef=0.5)
     memory = ErrorMemory(config)

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from meds_core.step.answer import _TAIL_TOKENS, _decoders, locate_answers
+from meds_core.testing import char_tokenizer
 
 MARKER = "\\boxed{"
 EOS = "<eos>"
@@ -77,12 +78,7 @@ def hf_generic(bpe):
 @pytest.fixture(scope="session")
 def chars() -> Tokenizer:
     alphabet = sorted(set("".join(_corpus(200)) + "".join(FILLERS + ANSWERS + UNICODE) + "\t\r"))
-    vocab = {EOS: 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(alphabet)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens([EOS])
-    return tok
+    return char_tokenizer(alphabet, (EOS, "<unk>"), unk="<unk>", added_specials=(EOS,))
 
 
 def oracle(decode, ids: list[int], marker: str = MARKER) -> int:

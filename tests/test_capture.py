@@ -18,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 from meds_core.step.capture import FeatureCapture, _dot_rows, _select_layers  # noqa: E402
 from meds_core.step.config import MEDSConfig  # noqa: E402
 from meds_core.step.features import extract_features  # noqa: E402
+from meds_core.testing import tiny_qwen2  # noqa: E402
 
 VOCAB = 97
 N_LAYERS = 6
@@ -68,8 +69,7 @@ def _make(family: str, dtype: torch.dtype = torch.float32, seed: int = 0) -> nn.
     torch.manual_seed(seed)
     common = dict(vocab_size=VOCAB, num_hidden_layers=N_LAYERS, num_attention_heads=4, hidden_size=64)
     if family == "qwen2":
-        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-            intermediate_size=128, num_key_value_heads=2, **common))
+        model = tiny_qwen2(VOCAB, num_hidden_layers=N_LAYERS, seed=None)
     elif family == "llama_tied":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
             intermediate_size=128, num_key_value_heads=2, tie_word_embeddings=True, **common))

@@ -145,6 +145,7 @@ def test_unknown_flag_prints_the_subcommands_usage(command, capsys):
 
 def test_every_option_has_help_with_its_default():
     _, subparsers = build_parser()
+    optional = 0
     for name, parser in subparsers.items():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
@@ -152,6 +153,8 @@ def test_every_option_has_help_with_its_default():
             assert action.help, (name, action.dest)
             if action.option_strings and not action.required:
                 assert "default" in action.help, (name, action.dest, action.help)
+                optional += 1
+    assert len(subparsers) >= 3 and optional >= 10, (len(subparsers), optional)
 
 
 def test_plain_rl_loop_help_does_not_import_torch():

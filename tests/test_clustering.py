@@ -80,3 +80,28 @@ def test_a_registered_test_backend_is_gone_after_its_block():
     assert "test-only-hdbscan" not in available_backends()
     with pytest.raises(ValueError, match=r"clustering backend 'test-only-hdbscan' is not registered"):
         unregister_backend("test-only-hdbscan")
+
+
+def test_hdbscan_params_are_validated_once_when_built():
+    import dataclasses
+
+    assert HDBSCANParams() == HDBSCANParams(5, 5, "eom", False, 0.0)  # the hdbscan library's defaults
+    p = HDBSCANParams(np.int64(3), np.int64(4), "leaf", np.bool_(True), 1)
+    assert (p.min_cluster_size, p.min_samples, p.allow_single_cluster, p.cluster_selection_epsilon) == (3, 4, True, 1.0)
+    assert type(p.min_cluster_size) is int and type(p.cluster_selection_epsilon) is float and p.leaf
+    assert (p.min_rows, p.engine_min_rows) == (5, 3)  # the step needs min_samples + 1 rows, the engine clips
+    assert p.kwargs() == dict(min_cluster_size=3, min_samples=4, cluster_selection_method="leaf",
+                              allow_single_cluster=True, cluster_selection_epsilon=1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.min_cluster_size = 1
+    for kwargs, match in [(dict(min_cluster_size=1), r"min_cluster_size=1 must be an integer >= 2"),
+                          (dict(min_cluster_size=2.0), r"min_cluster_size=2.0 must be an integer >= 2"),
+                          (dict(min_samples=0), r"min_samples=0 must be an integer >= 1 .*or None"),
+                          (dict(cluster_selection_method="x"), r"cluster_selection_method='x'; use 'eom' or 'leaf'"),
+                          (dict(allow_single_cluster=1), r"allow_single_cluster=1 must be True or False"),
+                          (dict(cluster_selection_epsilon=-1.0), r"cluster_selection_epsilon=-1.0 must be a finite")]:
+        with pytest.raises(ValueError, match=match):
+            HDBSCANParams(**kwargs)
+    # the step's rule: fewer than min_rows rows is noise without a backend call, also where the engine would cluster
+    out = cluster_batch([_blobs(0)[:4], _blobs(0)[:5]], HDBSCANParams(2, 4), backend="hdbscan")
+    assert out[0].tolist() == [-1] * 4 and len(out[1]) == 5

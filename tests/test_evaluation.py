@@ -17,8 +17,9 @@ from meds_core import MEDSConfig, extract_features, locate_answers  # noqa: E402
 from meds_core.cli import main  # noqa: E402
 from meds_core.evaluation._generation import HFSampler, load_tokenizer  # noqa: E402
 from meds_core.evaluation.diversity import effective_rank, top1_eigen_ratio  # noqa: E402
-from meds_core.evaluation.math_eval import QWEN_MATH_INSTRUCTION, evaluate, render_prompt  # noqa: E402
+from meds_core.evaluation.math_eval import QWEN_MATH_INSTRUCTION, EvalConfig, evaluate, render_prompt  # noqa: E402
 from meds_core.evaluation.problems import Problem, load_problems  # noqa: E402
+from meds_core.testing import char_tokenizer, tiny_qwen2  # noqa: E402
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -26,17 +27,10 @@ CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<
 
 def build_tokenizer(chat: bool = True):
     """Character-level tokenizer over printable ASCII; the chat markers and \\boxed{ are single tokens."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["<pad>", "<|im_end|>", "<|im_start|>", "\\boxed{"]
     chars = sorted(set(string.printable) - set("\x0b\x0c\r\t"))
-    raw = Tokenizer(models.WordLevel({t: i for i, t in enumerate(specials + chars)}, unk_token="<pad>"))
-    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"<\|im_start\|>|<\|im_end\|>|\\boxed\{|[\s\S]"),
-                                             behavior="isolated")
-    raw.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<|im_end|>",
-                                  additional_special_tokens=["<|im_start|>"])
+    tok = char_tokenizer(chars, specials, whole=specials[1:], pad_token="<pad>", eos_token="<|im_end|>",
+                         additional_special_tokens=["<|im_start|>"])
     if chat:
         tok.chat_template = CHAT
     return tok
@@ -44,14 +38,10 @@ def build_tokenizer(chat: bool = True):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
     path = tmp_path_factory.mktemp("tiny_qwen2")
     tok = build_tokenizer()
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
-                                         max_position_embeddings=512, tie_word_embeddings=False))
+    model = tiny_qwen2(len(tok), hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                       max_position_embeddings=512, seed=0)
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
@@ -201,6 +191,8 @@ def test_evaluate_generates_and_resumes(model_dir, data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(HFSampler, "sample", counting)
     assert evaluate(model_dir, list(data), out, **kw) == report and calls == []  # everything cached
+    # the same settings as an EvalConfig; keywords replace its fields (n=4 would not match the cached run)
+    assert evaluate(model_dir, list(data), out, EvalConfig(**{**kw, "n": 4}), n=3) == report and calls == []
     (out / "cache.jsonl").write_text("\n".join(json.dumps(x) for x in lines[:-1]) + "\n" + '{"truncated')
     again = evaluate(model_dir, list(data), out, **kw)
     assert calls == [1]  # only the problem whose line was lost is sampled again
@@ -239,6 +231,12 @@ def test_cli_eval(model_dir, data, tmp_path, capsys):
 
 
 def test_evaluate_argument_errors(model_dir, data, tmp_path):
+    with pytest.raises(ValueError, match="batch_size=0 must be an integer >= 1"):
+        EvalConfig(batch_size=0)
+    with pytest.raises(ValueError, match=r"template='qwen' is not valid"):
+        EvalConfig(template="qwen")
+    with pytest.raises(TypeError, match=r"unknown setting\(s\) \['temprature'\]; the settings are the EvalConfig"):
+        evaluate(model_dir, data[0], tmp_path / "o", temprature=0.5)
     with pytest.raises(ValueError, match="n=0 must be an integer >= 1"):
         evaluate(model_dir, data[0], tmp_path, n=0)
     with pytest.raises(ValueError, match="top_p=0"):

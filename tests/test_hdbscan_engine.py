@@ -110,12 +110,15 @@ def test_tree_stage_is_the_librarys_given_the_same_merge_order(mcs, method, sing
     problems += [np.ones((9, 3)), np.r_[np.zeros((6, 2)), np.ones((6, 2))], r.integers(0, 3, size=(40, 2)) * 1.0]
     for ms in (1, 3):
         got = hdbscan_batch(problems, mcs, ms, method, single, eps)
+        checked = 0
         for X, labels, (src, dst, dist) in zip(problems, got, mst_edges(problems, ms)):
             if len(X) < mcs:
                 continue
             merges = np.c_[src, dst, dist][np.argsort(dist, kind="stable")]
             ref = _tree_to_labels(X, label(merges), mcs, method, single, False, eps)[0]
             np.testing.assert_array_equal(labels, ref)
+            checked += 1
+        assert checked >= len(problems) - 2, (checked, len(problems))  # at most the two 9- and 12-row ones skipped
 
 
 def test_mean_ari_where_ties_exist():

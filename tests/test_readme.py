@@ -37,22 +37,16 @@ def test_config_table_lists_every_field_with_its_default():
 
 
 def test_rl_loop_example_runs_and_shapes_rewards():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from meds_core.testing import char_tokenizer, tiny_qwen2
 
     code = _block("rl-loop-example")
     assert len(code.strip().splitlines()) <= 22
     scope: dict = {}
     exec(compile(code, "README.md:rl-loop-example", "exec"), scope)
 
-    vocab = {"<pad>": 0, "<eos>": 1, "\\boxed{": 2, **{c: i + 3 for i, c in enumerate("0123456789+=} ")}}
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    raw.pre_tokenizer = pre_tokenizers.Split(Regex(r"\\boxed\{|."), behavior="isolated")
-    raw.decoder = decoders.Fuse()
-    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", eos_token="<eos>")
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(vocab), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1))
+    tok = char_tokenizer("0123456789+=} ", ("<pad>", "<eos>", "\\boxed{"), whole=("\\boxed{",), pad_token="<pad>",
+                         eos_token="<eos>")
+    model = tiny_qwen2(len(tok), hidden_size=32, num_attention_heads=2, num_key_value_heads=1, seed=0)
     prompts = ["1+2=", "33+4="]
     answers = ["\\boxed{3}", "\\boxed{7}", "\\boxed{37}", "no answer", "\\boxed{3}", "\\boxed{9}"]
     width = max(len(tok.encode(p)) for p in prompts)

@@ -10,28 +10,20 @@ import random
 
 import torch
 
+from meds_core.testing import tiny_qwen2, word_tokenizer
+
 MARKER = "\\boxed{"
 NUMBERS = [str(i) for i in range(40)]
 VOCAB = ["<pad>", "<eos>", MARKER, "}", "+", "=", "so", *NUMBERS]
 
 
 def toy_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
+    return word_tokenizer(VOCAB, pad_token="<pad>", eos_token="<eos>")
 
 
 def toy_model(seed: int = 0, hidden: int = 64, layers: int = 4):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=1)
-    return Qwen2ForCausalLM(cfg)
+    return tiny_qwen2(len(VOCAB), hidden_size=hidden, num_hidden_layers=layers, seed=seed, max_position_embeddings=64,
+                      pad_token_id=0, eos_token_id=1, bos_token_id=1)
 
 
 def problems(n: int = 8, seed: int = 0) -> list[tuple[int, int]]:

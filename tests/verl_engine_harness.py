@@ -43,18 +43,10 @@ def patch_cpu_devices(monkeypatch) -> None:
 
 def tiny_qwen2(seed: int = 0, n_layers: int = 4):
     """Random Qwen2ForCausalLM (hidden 64, untied head), weights scaled so features are O(1); eval mode, fp32."""
-    import transformers
+    from meds_core import testing
 
-    torch.manual_seed(seed)
-    cfg = transformers.Qwen2Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=n_layers,
-                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
-                                   max_position_embeddings=256)
-    model = transformers.Qwen2ForCausalLM(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.15)
-    return model.eval()
+    return testing.tiny_qwen2(VOCAB, num_hidden_layers=n_layers, seed=seed, weight_std=0.15,
+                              max_position_embeddings=256, eval_mode=True)
 
 
 def make_engine(model, *, use_remove_padding: bool = True):
@@ -130,13 +122,8 @@ def oracle_features(model, seqs, from_end, config) -> torch.Tensor:
 
 def char_tokenizer():
     """Character-level ``tokenizers.Tokenizer`` (ids < VOCAB) built in-process: one token per character."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from meds_core import testing
 
     alphabet = sorted(set("0123456789+-=*/^()[]{}\\$.,:;!? abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"))
-    vocab = {"<eos>": 0, "<unk>": 1, **{c: i + 2 for i, c in enumerate(alphabet)}}
-    assert len(vocab) <= VOCAB
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(["<eos>"])
-    return tok
+    assert len(alphabet) + 2 <= VOCAB
+    return testing.char_tokenizer(alphabet, ("<eos>", "<unk>"), unk="<unk>", added_specials=("<eos>",))

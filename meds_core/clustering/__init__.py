@@ -1,16 +1,17 @@
 """Batched clustering of many small memories behind one backend interface."""
 
-from meds_core.clustering._batch import HDBSCANParams, cluster_batch
+from meds_core.clustering._batch import cluster_batch
 from meds_core.clustering._engine import hdbscan_batch
 from meds_core.clustering._gpu import GPUFallbackWarning, cuda_status
 from meds_core.clustering._knn import knn_vote
 from meds_core.clustering._registry import (
-                                             available_backends,
-                                             get_backend,
-                                             register_backend,
-                                             resolve_backend,
-                                             unregister_backend,
+    available_backends,
+    get_backend,
+    register_backend,
+    resolve_backend,
+    unregister_backend,
 )
+from meds_core.clustering.params import HDBSCANParams
 
 __all__ = [
     "GPUFallbackWarning",

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import numpy as np
 
 from meds_core.clustering import _engine, _gpu, _library  # noqa: F401  (register the numba, cuda, library backends)
 from meds_core.clustering._registry import get_backend, resolve_backend
-
-
-class HDBSCANParams(NamedTuple):
-    """HDBSCAN parameters with the hdbscan library's meaning (``min_samples`` excludes the point itself)."""
-
-    min_cluster_size: int = 2
-    min_samples: int = 1
-    cluster_selection_method: str = "eom"
-    allow_single_cluster: bool = False
-    cluster_selection_epsilon: float = 0.0
-
-
-def needs_backend(n: int, params: HDBSCANParams) -> bool:
-    """False where no cluster can form (fewer rows than a core neighbourhood or than one cluster): all noise."""
-    return not (n < 2 or n <= params.min_samples or n < params.min_cluster_size)
+from meds_core.clustering.params import HDBSCANParams
 
 
 def cluster_batch(problems: Sequence[np.ndarray], params: HDBSCANParams, backend: str = "auto") -> list[np.ndarray]:
@@ -42,12 +27,12 @@ def cluster_batch(problems: Sequence[np.ndarray], params: HDBSCANParams, backend
     Returns
     -------
     list of ndarray of shape (n_i,), int64
-        Cluster labels per problem, noise -1. Problems too small to hold a cluster are all noise.
+        Cluster labels per problem, noise -1. Problems of fewer than ``params.min_rows`` rows are all noise.
     """
     labels: list[np.ndarray | None] = [None] * len(problems)
     todo = []
     for i, X in enumerate(problems):
-        if not needs_backend(len(X), params):
+        if len(X) < params.min_rows:
             labels[i] = np.full(len(X), -1, dtype=np.int64)
         else:
             todo.append(i)

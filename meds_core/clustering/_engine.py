@@ -10,33 +10,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from meds_core.clustering._registry import register_backend
-
-_METHODS = ("eom", "leaf")
+from meds_core.clustering.params import HDBSCANParams
 
 
 def _check_params(min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster,
                   cluster_selection_epsilon) -> tuple[int, int, bool, bool, float]:
     """Validated (min_cluster_size, min_samples, leaf, allow_single_cluster, epsilon)."""
-    def is_int(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-    if not is_int(min_cluster_size) or min_cluster_size < 2:
-        raise ValueError(f"min_cluster_size={min_cluster_size!r} must be an integer >= 2.")
-    if min_samples is None:
-        min_samples = min_cluster_size
-    if not is_int(min_samples) or min_samples < 1:
-        raise ValueError(f"min_samples={min_samples!r} must be an integer >= 1 (neighbours besides the point "
-                         "itself, as in the hdbscan library), or None for min_cluster_size.")
-    if cluster_selection_method not in _METHODS:
-        raise ValueError(f"cluster_selection_method={cluster_selection_method!r}; use 'eom' or 'leaf'.")
-    if not isinstance(allow_single_cluster, (bool, np.bool_)):
-        raise ValueError(f"allow_single_cluster={allow_single_cluster!r} must be True or False.")
-    eps = cluster_selection_epsilon
-    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(eps) or eps < 0:
-        raise ValueError(f"cluster_selection_epsilon={eps!r} must be a finite number >= 0 (0 disables it).")
-    return (int(min_cluster_size), int(min_samples), cluster_selection_method == "leaf", bool(allow_single_cluster),
-            float(eps))
+    p = HDBSCANParams(min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster,
+                      cluster_selection_epsilon)
+    return p.min_cluster_size, p.min_samples, p.leaf, p.allow_single_cluster, p.cluster_selection_epsilon
 
 
 def _pack(problems, offsets) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -106,8 +88,9 @@ def _check_backend(backend: str) -> None:
                          "(..., backend='hdbscan').")
 
 
-def hdbscan_batch(problems: Sequence[np.ndarray] | np.ndarray, min_cluster_size: int = 5,
-                  min_samples: int | None = None, cluster_selection_method: str = "eom",
+def hdbscan_batch(problems: Sequence[np.ndarray] | np.ndarray,
+                  min_cluster_size: int = HDBSCANParams.min_cluster_size, min_samples: int | None = None,
+                  cluster_selection_method: str = "eom",
                   allow_single_cluster: bool = False, cluster_selection_epsilon: float = 0.0,
                   backend: str = "auto", offsets: np.ndarray | None = None) -> list[np.ndarray]:
     """Exact HDBSCAN* (euclidean) on many small problems in one parallel call, with the hdbscan library's semantics.
@@ -195,7 +178,7 @@ def _numba_factory():
                           "backend='hdbscan')") from exc
 
     def run(problems: Sequence[np.ndarray], params) -> list[np.ndarray]:
-        return hdbscan_batch(problems, **params._asdict())
+        return hdbscan_batch(problems, **params.kwargs())
 
     return run
 

@@ -114,7 +114,7 @@ def _cuda_factory():
     from meds_core.clustering._engine import hdbscan_batch
 
     def run(problems, params) -> list:
-        kwargs = params._asdict()
+        kwargs = params.kwargs()
         return run_with_fallback("clustering", lambda: hdbscan_batch_cuda(problems, **kwargs),
                                  lambda: hdbscan_batch([_on_host(x) for x in problems], **kwargs))
 

@@ -85,28 +85,14 @@ def build_tokenizer(task: Task | None = None) -> Any:
     Whitespace pre-tokenisation; decoding joins tokens with single spaces, so ``\\boxed{`` decodes exactly and
     :func:`meds_core.locate_answers` finds the answer token right after it.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+    from meds_core.testing import word_tokenizer
 
     vocab = (task.vocab if task is not None else SPECIALS + SYMBOLS + NUMBERS)
-    tok = Tokenizer(models.WordLevel({t: i for i, t in enumerate(vocab)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    return word_tokenizer(vocab, unk="<unk>", pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
 
 
 def build_model(tokenizer: Any, seed: int = 0) -> Any:
     """Tiny random Qwen2 (hidden 64, 4 layers, 4 heads / 2 KV heads, untied head), float32, seeded."""
-    import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from meds_core.testing import tiny_qwen2
 
-    config = Qwen2Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
-                         tie_word_embeddings=False, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = Qwen2ForCausalLM(config)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = None
-    return model
+    return tiny_qwen2(len(tokenizer), max_position_embeddings=32, tokenizer=tokenizer, seed=seed, fork_rng=True)

@@ -14,12 +14,14 @@ with the same settings (``<out>/settings.json``) skips it. Results go to ``<out>
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,7 +31,7 @@ from meds_core.evaluation.grading import Grader, graded_text
 from meds_core.evaluation.pass_at_k import default_ks, mean_at_n, pass_at_k
 from meds_core.evaluation.problems import Problem, load_problems
 
-__all__ = ["QWEN_MATH_INSTRUCTION", "TEMPLATES", "check_template", "evaluate", "render_prompt"]
+__all__ = ["QWEN_MATH_INSTRUCTION", "TEMPLATES", "EvalConfig", "check_template", "evaluate", "render_prompt"]
 
 QWEN_MATH_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 TEMPLATES = ("qwen-math", "plain")
@@ -246,26 +248,13 @@ def _load_model(path: str, device: str | None):
     return model
 
 
-def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike, *,
-             tokenizer: Any = None, n: int = 16, max_new_tokens: int = 8192, temperature: float = 1.0,
-             top_p: float = 1.0, top_k: int = 0, template: str = "qwen-math", response_prefix: str = "",
-             engine: str = "auto", grader: str = "auto", seed: int = 0, batch_size: int = 8, features: bool = True,
-             feature_layers: int | None = None, feature_batch_size: int = 8, limit: int | None = None,
-             device: str | None = None, gpu_memory_utilization: float = 0.6, max_model_len: int | None = None,
-             verbose: bool = True) -> dict[str, Any]:
-    """Sample, grade and score a model on problem files; write ``results.json`` / ``results.md`` under ``out``.
+@dataclass(frozen=True)
+class EvalConfig:
+    """The settings of :func:`evaluate`, validated when built (``ValueError`` names the bad value and its range).
 
     Parameters
     ----------
-    model : str or transformers PreTrainedModel
-        HF model folder (or hub id), or a loaded causal LM (then pass ``tokenizer``; engine 'hf').
-    data : path or sequence of paths
-        Problem files (.jsonl / .parquet), see :func:`~meds_core.evaluation.problems.load_problems`;
-        one dataset per file.
-    out : path
-        Output folder: ``settings.json``, ``cache.jsonl`` (one line per scored problem, completions included),
-        ``results.json``, ``results.md``.
-    n : int
+    n : int, >= 1
         Completions per problem; pass@k is reported for k = 1, 2, 4, ..., n.
     max_new_tokens, temperature, top_p, top_k : sampling (temperature 0: greedy; top_k 0: off).
     template : 'qwen-math' | 'plain' | str with '{problem}'
@@ -280,30 +269,92 @@ def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], 
     seed : int
         Sampling seed (per chunk of problems: seed + index of the chunk's first problem). With the 'hf' engine
         samples depend on ``batch_size`` too.
-    batch_size : int
+    batch_size : int, >= 1
         Problems per generation call (each with n samples); also the unit of resumption.
     features : bool
         Compute the diversity metrics (one extra no-grad forward per answered completion).
     feature_layers : int, optional
         Layers per answer feature (default min(14, decoder layers)).
+    feature_batch_size : int, >= 1
     limit : int, optional
         First ``limit`` problems of each file.
+    device : str, optional
+    gpu_memory_utilization : float
+        vLLM's share of the GPU memory.
+    max_model_len : int, optional
+        vLLM's context length (default 32768).
+    verbose : bool
+        Progress lines on stderr.
+    """
+
+    n: int = 16
+    max_new_tokens: int = 8192
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    template: str = "qwen-math"
+    response_prefix: str = ""
+    engine: str = "auto"
+    grader: str = "auto"
+    seed: int = 0
+    batch_size: int = 8
+    features: bool = True
+    feature_layers: int | None = None
+    feature_batch_size: int = 8
+    limit: int | None = None
+    device: str | None = None
+    gpu_memory_utilization: float = 0.6
+    max_model_len: int | None = None
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        for name, lo in (("n", 1), ("max_new_tokens", 1), ("batch_size", 1), ("feature_batch_size", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
+                raise ValueError(f"{name}={value!r} must be an integer >= {lo}.")
+        if not (self.temperature >= 0 and 0 < self.top_p <= 1):
+            raise ValueError(f"temperature={self.temperature!r} must be >= 0 and top_p={self.top_p!r} in (0, 1].")
+        check_template(self.template)
+
+
+def evaluate(model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], out: str | os.PathLike,
+             config: EvalConfig | None = None, *, tokenizer: Any = None, **overrides: Any) -> dict[str, Any]:
+    """Sample, grade and score a model on problem files; write ``results.json`` / ``results.md`` under ``out``.
+
+    Parameters
+    ----------
+    model : str or transformers PreTrainedModel
+        HF model folder (or hub id), or a loaded causal LM (then pass ``tokenizer``; engine 'hf').
+    data : path or sequence of paths
+        Problem files (.jsonl / .parquet), see :func:`meds_core.evaluation.problems.load_problems`;
+        one dataset per file.
+    out : path
+        Output folder: ``settings.json``, ``cache.jsonl`` (one line per scored problem, completions included),
+        ``results.json``, ``results.md``.
+    config : EvalConfig, optional
+        The settings (default ``EvalConfig()``).
+    tokenizer : optional
+        The tokenizer of a loaded ``model`` (default: loaded from the model folder).
+    **overrides
+        :class:`EvalConfig` fields given by keyword (``n=4, max_new_tokens=64``); they replace those of ``config``.
 
     Returns
     -------
     dict
         The report written to ``results.json``: ``datasets`` (name -> metrics), ``average``, ``settings``.
     """
+    fields = {f.name for f in dataclasses.fields(EvalConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"evaluate() got unknown setting(s) {unknown}; the settings are the EvalConfig fields "
+                        f"{sorted(fields)}.")
+    cfg = dataclasses.replace(config if config is not None else EvalConfig(), **overrides)
+    (n, max_new_tokens, temperature, top_p, top_k, template, response_prefix, engine, grader, seed, batch_size,
+     features, feature_layers, feature_batch_size, limit, device, gpu_memory_utilization, max_model_len,
+     verbose) = (getattr(cfg, f.name) for f in dataclasses.fields(EvalConfig))
     from meds_core.evaluation._generation import HFSampler, VLLMSampler, load_tokenizer, resolve_engine
     from meds_core.step.config import MEDSConfig
 
-    for name, value, lo in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("batch_size", batch_size, 1),
-                            ("feature_batch_size", feature_batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-            raise ValueError(f"{name}={value!r} must be an integer >= {lo}.")
-    if not (temperature >= 0 and 0 < top_p <= 1):
-        raise ValueError(f"temperature={temperature!r} must be >= 0 and top_p={top_p!r} in (0, 1].")
-    check_template(template)
     paths = [os.fspath(data)] if isinstance(data, (str, os.PathLike)) else [os.fspath(p) for p in data]
     datasets = {}
     for p in paths:

@@ -134,8 +134,10 @@ class MEDSConfig:
             if value not in choices:
                 raise ValueError(f"MEDSConfig.{name}={value!r} is not valid; use one of {list(choices)}.")
         self._check_int("use_last_n_layers", 1)
-        self._check_int("min_cluster_size", 2)
-        self._check_int("min_samples", 1)
+        from meds_core.clustering.params import MIN_CLUSTER_SIZE, MIN_SAMPLES
+
+        self._check_int("min_cluster_size", MIN_CLUSTER_SIZE)
+        self._check_int("min_samples", MIN_SAMPLES)
         self._check_int("knn_k", 1)
         self._check_int("max_rows_per_memory", 1)
         self._check_int("max_total_rows", 1)
@@ -176,6 +178,12 @@ class MEDSConfig:
     def layers_needed(self) -> int:
         """Number of decoder layers whose output is captured (one more than kept when differencing)."""
         return self.use_last_n_layers + (1 if self.use_layer_diff else 0)
+
+    def shaping_params(self) -> Any:
+        """:class:`meds_core.step.shaping.ShapingParams` of this config."""
+        from meds_core.step.shaping import ShapingParams
+
+        return ShapingParams(**self.shaping_kwargs())
 
     def shaping_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :func:`meds_core.shape_rewards` / :func:`meds_core.penalties` from this config."""

@@ -25,7 +25,6 @@ from typing import Any, NamedTuple, Union
 import numpy as np
 
 from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
-from meds_core.clustering._batch import needs_backend
 from meds_core.clustering._knn import knn_vote_packed_for
 from meds_core.step._arrays import correctness_groups, to_numpy
 from meds_core.step._memory_io import read_state, write_state
@@ -349,7 +348,7 @@ class ErrorMemory:
                 for slot, _, _ in staged:
                     slot.mst = None
             seconds = time.perf_counter() - t0
-            calls = int(any(needs_backend(len(p), self._params) for p in problems))
+            calls = int(any(len(p) >= self._params.min_rows for p in problems))
         slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
             old = slots.pop(mk, None)
@@ -392,7 +391,7 @@ class ErrorMemory:
                 old.append(None)
             want.append(w == 0 and n > _INCREMENTAL_FROM)
             wait.append(w)
-        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=want, **self._params._asdict())
+        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=want, **self._params.kwargs())
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
             slot.mst_wait = 8 if (asked and mst is None) else w

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from meds_core.step.memory import ErrorMemory, StepResult
-from meds_core.step.shaping import penalties, shape_rewards
+from meds_core.step.shaping import shape
 from meds_core.step.step_stats import step_metrics
 
 __all__ = ["ShapedStep", "SizesHook", "meds_step"]
@@ -50,10 +50,8 @@ def meds_step(memory: ErrorMemory, keys: Sequence[Any], features: Any, correct: 
         sizes = np.asarray(sizes_hook(sizes.copy(), correct.copy(), np.asarray(group_ids).copy()), dtype=np.int64)
         if sizes.shape != step.cluster_size.shape:
             raise ValueError(f"the cluster-size hook returned shape {sizes.shape}; expected {step.cluster_size.shape}.")
-    kw = dict(memory.config.shaping_kwargs(), group_ids=np.asarray(group_ids))
-    pen = np.asarray(penalties(sizes, correct, **kw))
-    shaped = np.asarray(shape_rewards(np.asarray(rewards, dtype=np.float64), sizes, correct, **kw))
     raw = np.asarray(rewards, dtype=np.float64)
+    shaped, pen = shape(raw, sizes, correct, memory.config.shaping_params(), group_ids=np.asarray(group_ids))
     if metric_rows is None:
         m = np.ones(len(raw), bool)
         metrics = step_metrics(memory, step, keys, pen, no_answer)

@@ -7,6 +7,7 @@ BEFORE group-normalised advantages.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,14 +35,32 @@ def _mixed(groups: np.ndarray, group_ids: Any) -> np.ndarray:
     return (has_right & has_wrong)[inv]
 
 
-def _penalty_and_masks(cluster_size, correct, penalty_coef, cap, target, group_ids, mixed_groups_only):
+@dataclass(frozen=True)
+class ShapingParams:
+    """The penalty's parameters (see :func:`penalties`), validated when built: ``ValueError`` names the bad one.
+
+    ``MEDSConfig.shaping_params()`` builds them from a config; :func:`shape` takes them.
+    """
+
+    penalty_coef: float = 0.1
+    cap: float = 2.0
+    target: str = "wrong"
+    mixed_groups_only: bool = True
+
+    def __post_init__(self) -> None:
+        if self.target not in CHOICES["cluster_penalty_target"]:
+            raise ValueError(f"target={self.target!r} is not valid; use one of "
+                             f"{list(CHOICES['cluster_penalty_target'])}.")
+        for name in ("penalty_coef", "cap"):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
+                    or not np.isfinite(v) or v < 0:
+                raise ValueError(f"{name}={v!r} must be a finite number >= 0 (a float, not a string).")
+
+
+def _penalty_and_masks(cluster_size, correct, params: ShapingParams, group_ids):
     """float64 penalties [B] and the boolean masks of penalised wrong / penalised correct rollouts."""
-    if target not in CHOICES["cluster_penalty_target"]:
-        raise ValueError(f"target={target!r} is not valid; use one of {list(CHOICES['cluster_penalty_target'])}.")
-    for name, v in (("penalty_coef", penalty_coef), ("cap", cap)):
-        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)) \
-                or not np.isfinite(v) or v < 0:
-            raise ValueError(f"{name}={v!r} must be a finite number >= 0 (a float, not a string).")
+    target = params.target
     size = _to_numpy(cluster_size, "cluster_size")
     if size.size:
         if size.dtype == bool or not np.issubdtype(size.dtype, np.number):
@@ -53,11 +72,11 @@ def _penalty_and_masks(cluster_size, correct, penalty_coef, cap, target, group_i
     groups = correctness_groups(correct, len(size))
     hit_wrong = (groups == 0) & (target in ("wrong", "both"))
     hit_right = (groups == 1) & (target in ("right", "both"))
-    if group_ids is not None and mixed_groups_only:
+    if group_ids is not None and params.mixed_groups_only:
         mixed = _mixed(groups, group_ids)
         hit_wrong &= mixed
         hit_right &= mixed
-    p = penalty_coef * np.minimum(np.log1p(size.astype(np.float64)), cap)
+    p = params.penalty_coef * np.minimum(np.log1p(size.astype(np.float64)), params.cap)
     return np.where(hit_wrong | hit_right, p, 0.0), hit_wrong, hit_right
 
 
@@ -92,7 +111,8 @@ def penalties(cluster_size: Any, correct: Any, *, penalty_coef: float = 0.1, cap
     -------
     ndarray of shape (B,) float64, or a float tensor on ``cluster_size``'s device when it is a tensor.
     """
-    p, _, _ = _penalty_and_masks(cluster_size, correct, penalty_coef, cap, target, group_ids, mixed_groups_only)
+    params = ShapingParams(penalty_coef, cap, target, mixed_groups_only)
+    p, _, _ = _penalty_and_masks(cluster_size, correct, params, group_ids)
     return _like(p, cluster_size)
 
 
@@ -103,8 +123,26 @@ def shape_rewards(rewards: Any, cluster_size: Any, correct: Any, *, penalty_coef
     Parameters are those of :func:`penalties`, plus ``rewards`` (array-like of shape (B,), float): the scalar
     outcome reward. Returns the type of ``rewards`` (numpy float64, or a tensor of its dtype and device).
     """
-    p, hit_wrong, hit_right = _penalty_and_masks(cluster_size, correct, penalty_coef, cap, target, group_ids,
-                                                 mixed_groups_only)
+    params = ShapingParams(penalty_coef, cap, target, mixed_groups_only)
+    return shape(rewards, cluster_size, correct, params, group_ids=group_ids)[0]
+
+
+def shape(rewards: Any, cluster_size: Any, correct: Any, params: ShapingParams, *, group_ids: Any = None):
+    """Shaped rewards and penalties from one penalty computation (the step's path; ``params`` are already valid).
+
+    Parameters
+    ----------
+    rewards : array-like of shape (B,), float
+    cluster_size, correct, group_ids
+        As in :func:`penalties`.
+    params : ShapingParams
+
+    Returns
+    -------
+    shaped : the type of ``rewards`` (see :func:`shape_rewards`)
+    penalty : ndarray of shape (B,), float64
+    """
+    p, hit_wrong, hit_right = _penalty_and_masks(cluster_size, correct, params, group_ids)
     r = _to_numpy(rewards, "rewards")
     if r.shape != p.shape:
         raise ValueError(f"rewards has shape {r.shape}; expected {p.shape} like cluster_size.")
@@ -116,6 +154,6 @@ def shape_rewards(rewards: Any, cluster_size: Any, correct: Any, *, penalty_coef
         right = torch.as_tensor(hit_right, device=rewards.device)
         r64 = rewards.detach().to(torch.float64)
         out = torch.where(wrong, r64 - pt, torch.where(right, r64 / (1.0 + pt), r64))
-        return out.to(rewards.dtype if rewards.dtype.is_floating_point else torch.float32)
+        return out.to(rewards.dtype if rewards.dtype.is_floating_point else torch.float32), p
     r = r.astype(np.float64)
-    return np.where(hit_wrong, r - p, np.where(hit_right, r / (1.0 + p), r))
+    return np.where(hit_wrong, r - p, np.where(hit_right, r / (1.0 + p), r)), p
