@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meds_core import ErrorMemory, MEDSConfig
-from meds_core.clustering import hdbscan_batch
-from meds_core.clustering._engine import hdbscan_incremental, mst_edges
+from meds_core.clustering import hdbscan_batch, hdbscan_incremental, mst_edges
 
 pytest.importorskip("numba")
 

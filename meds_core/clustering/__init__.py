@@ -1,12 +1,17 @@
 """Batched clustering of many small memories behind one backend interface."""
 
-from meds_core.clustering._batch import HDBSCANParams, cluster_batch
-from meds_core.clustering._engine import hdbscan_batch
+from meds_core.clustering._backend import ClusteringBackend, backend_for
+from meds_core.clustering._dispatch import HDBSCANParams, cluster_batch
+from meds_core.clustering._engine import hdbscan_batch, hdbscan_incremental, mst_edges
 from meds_core.clustering._gpu import GPUFallbackWarning, cuda_status
-from meds_core.clustering._knn import knn_vote
 from meds_core.clustering._registry import available_backends, get_backend, register_backend, resolve_backend
+from meds_core.clustering._vote import knn_vote
 
 __all__ = [
+    "ClusteringBackend",
+    "backend_for",
+    "hdbscan_incremental",
+    "mst_edges",
     "GPUFallbackWarning",
     "HDBSCANParams",
     "available_backends",

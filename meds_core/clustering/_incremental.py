@@ -1,16 +1,23 @@
-"""Incremental MST for ``min_samples = 1``: the new MST from the old one and the edges incident to the new rows.
+"""Incremental MST for ``min_samples = 1``: each step's MST from the previous one, the rows dropped and the rows added.
 
 With ``min_samples = 1`` the core distance of a row is its nearest-neighbour distance, so every mutual-reachability
-weight equals the squared euclidean distance (bit for bit: core and edge come from the same sums). Let the old MST
-(rows 0..n_old-1) be UNIQUE: every non-tree edge is strictly heavier than the heaviest edge on its tree path. Adding
-rows n_old..n-1 only lowers minimax path distances, so the old non-tree edges stay strictly heavier than the new
-tree paths, and the new MST is the MST of the candidate set C = old MST edges + edges incident to a new row. Kruskal on
-C, one class of bit-equal weights at a time, checks that MST(C) is unique too (every edge of a class that joins two
-components before the class must be added); then it is the unique MST of all rows. Prim's algorithm on the full graph
-(:mod:`._numba_mst`) emits exactly that tree, and Prim on the tree alone, with the same rule (start at row 0, smallest
-key first, equal keys: smallest row index) emits the same edges, orientation and order, because each vertex outside
-the tree has at most one tree neighbour inside it. When C has a tie that could change the tree, the answer is
-``ok = False`` and the caller recomputes in full. Cost: O(n * m * d + (n * m) log(n * m)) for m new rows.
+weight equals the squared euclidean distance (bit for bit: core and edge come from the same sums). The state is the
+previous rows' MST, UNIQUE (every non-tree edge strictly heavier than the heaviest edge on its tree path), as its n-1
+edges sorted by weight.
+
+* FIFO drop (:func:`_reconnect`): the old tree edges between kept rows form a forest F that lies in every MST of the
+  kept rows; only the lightest edge between two components of F can join them. Cost O(outside * kept * d), outside =
+  rows not in F's largest component (no sort of those pairs).
+* New rows (:func:`_insertion_candidates`, :func:`_star_survivors`): old non-tree edges stay strictly heavier than
+  the new tree paths, so the new MST is the MST of the kept rows' tree plus edges incident to a new row; of those,
+  Chin and Houck's O(n) insertion keeps, per new row, only the edges that are not strictly the heaviest of a cycle
+  (typically a few). Kruskal merges the sorted old tree with the few sorted candidates, one class of bit-equal
+  weights at a time, and checks that the result is unique (:func:`_kruskal_merge`); then it is the unique MST of all
+  rows, the tree the full engine's Prim's builds. Cost O(n * m * d) for m new rows, plus the tree stage.
+* Tree stage (:func:`labels_from_sorted_mst`): the merge order is the sorted order where no two tree distances are
+  equal (Prim's orientation from rooting the tree at row 0); otherwise Prim's order is rebuilt from the tree.
+
+Any tie that could change the tree gives ``ok = False``, and the caller recomputes in full.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ import heapq
 import numpy as np
 from numba import prange
 
-from meds_core.clustering._numba_batch import _transposed, labels_from_merges, mst_one, tree_labels
-from meds_core.clustering._numba_core import sq_dists_from
-from meds_core.clustering._numba_jit import kernel
-from meds_core.clustering._numba_tree import merge_in_order
+from meds_core.clustering._condensed_tree import merge_in_order
+from meds_core.clustering._core_distances import sq_dists_from
+from meds_core.clustering._jit import kernel
+from meds_core.clustering._pipeline import _transposed, labels_from_merges, mst_one, tree_labels
 
 
 @kernel
