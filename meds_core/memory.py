@@ -375,13 +375,14 @@ class ErrorMemory:
         ``max_rows_per_memory``.
 
         The MST is not in the memory file (format unchanged): a loaded memory is recomputed in full on its first
-        touch and its MST rebuilt then (an O(n^2 d) uniqueness check, about one more full clustering of that
-        memory). A memory whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed
-        in full; the rebuild is then retried only every 8th touch, so ties do not double its cost every step.
-        Memories of at most ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST: there the full engine
-        is as fast (measured: P = 512, m = 16, 2 threads, full / incremental CPU time 0.55 at n = 16, 1.0 at n = 64,
-        1.4 at n = 128, 2.9 at n = 256, 5 at n = 512, 9 at n = 1024); the MST is built (with the uniqueness check)
-        on the first touch above it."""
+        touch and its MST rebuilt then, with an O(n^2 d) uniqueness check on top (3.3 ms against 7.3 ms for the full
+        clustering of one 1024-row memory, d = 14, one thread, measured on the shared 2-core machine). A memory
+        whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed in full; the rebuild
+        is then retried only every 8th touch, so ties do not add the check every step. Memories of at most
+        ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST: there the full engine is as fast (kernel
+        CPU time for P = 512 memories gaining 16 rows, contended machine: full / incremental 0.55 at n = 16, 1.0 at
+        n = 64, 1.4 at n = 128; see benchmarks/results/clustering_latency_stream.md for whole steps); the MST is
+        built on the first touch above it."""
         n_old, old, drop, want, wait = [], [], [], [], []
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
