@@ -27,6 +27,8 @@ Stream mode: P memories each receive m new rows per step (one ``ErrorMemory.upda
 n grows from 0 to the cap and then slides; the incremental engine (numba, each memory's MST kept) and the full engine
 (numba, recomputed every step) are fed the same stream side by side in one run; their labels are asserted equal at
 every step; reported: ms per step (whole update: vote, sizes, clustering) against n, and the bytes the kept MSTs add.
+At a few n the hdbscan library loop (backend 'hdbscan') and the reference step are timed on a subset of the same
+state (scaled to P, labelled).
 """
 
 from __future__ import annotations
@@ -392,7 +394,7 @@ def stream(args) -> None:
             batch = feats[:, t * m:(t + 1) * m].reshape(-1, d)
             n = min((t + 1) * m, cap)
             extra = {}
-            if _report_point(n, t + 1, steps, cap) and t > 0 and n <= args.library_max_n:
+            if n in args.library_sizes and (t + 1) * m == n:
                 extra = _library_columns(full, cfg, P, m, batch, args.budget)
             stall0, w0 = _stall_us(), time.perf_counter()
             t0 = time.perf_counter()
@@ -422,8 +424,8 @@ def stream(args) -> None:
              f"repeats). loadavg {' '.join(loadavg)} at start, {' '.join(loadavg_end)} at end; {minutes:.1f} min. "
              "Incremental and full engine labels and sizes asserted equal every step. Library loop (backend "
              "'hdbscan') and reference step (per-row NearestNeighbors refit + Counter vote + hdbscan.HDBSCAN per "
-             f"memory) are timed on k memories (`*k`) of the same state and scaled to P, up to n = "
-             f"{args.library_max_n}. stall: CPU-pressure share during the incremental + full pair (0 = no waiting).",
+             f"memory) are timed on k memories (`*k`) of the same state and scaled to P, at n in "
+             f"{args.library_sizes}. stall: CPU-pressure share during the incremental + full pair (0 = no waiting).",
              "", "| mcs/ms | n | incremental ms | full engine ms | full / incremental | hdbscan library loop ms "
              "| reference step ms | reference / incremental | MSTs kept | MST MiB (rows MiB) | stall |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -455,8 +457,8 @@ def main():
     ap.add_argument("--cap", type=int, default=1024, help="stream mode: max_rows_per_memory")
     ap.add_argument("--new-rows", type=int, default=16, help="stream mode: new rows per memory per step (m)")
     ap.add_argument("--extra-steps", type=int, default=3, help="stream mode: steps after reaching the cap")
-    ap.add_argument("--library-max-n", type=int, default=1024,
-                    help="stream mode: time the library loop and reference step up to this n")
+    ap.add_argument("--library-sizes", type=int, nargs="*", default=[64, 256, 1024],
+                    help="stream mode: the n at which the library loop and reference step are timed")
     ap.add_argument("--prompts", type=int, nargs="+", default=[128, 512])
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024, 2048])
     ap.add_argument("--dims", type=int, nargs="+", default=[14, 28])

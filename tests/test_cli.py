@@ -175,7 +175,7 @@ def test_kernel_cache_detection(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDS_NUMBA_CACHE", raising=False)
     assert not _warmup.kernels_cached()
     (tmp_path / "x").mkdir()
-    (tmp_path / "x" / "_numba_knn.knn_vote_kernel-62.py311.nbi").write_bytes(b"")
+    (tmp_path / "x" / "_vote_kernel.knn_vote_kernel-62.py311.nbi").write_bytes(b"")
     assert _warmup.kernels_cached()
     monkeypatch.setenv("MEDS_NUMBA_CACHE", "0")
     assert not _warmup.kernels_cached()  # the cache is off: every process compiles

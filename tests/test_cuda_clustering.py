@@ -29,7 +29,7 @@ from meds_core.clustering import (  # noqa: E402
 )
 from meds_core.clustering._cuda_engine import hdbscan_batch_cuda, knn_vote_packed_cuda, mst_edges_cuda  # noqa: E402
 from meds_core.clustering._engine import mst_edges  # noqa: E402
-from meds_core.clustering._knn import knn_vote_packed, knn_vote_packed_for, knn_vote_packed_numba  # noqa: E402
+from meds_core.clustering._vote import knn_vote_packed, knn_vote_packed_for, knn_vote_packed_numba  # noqa: E402
 
 
 @pytest.fixture(autouse=True, scope="module")

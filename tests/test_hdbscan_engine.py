@@ -23,13 +23,13 @@ from meds_core import ErrorMemory, MEDSConfig
 from meds_core.clustering import (
     HDBSCANParams,
     _registry,
+    backend_for,
     cluster_batch,
     get_backend,
     hdbscan_batch,
+    mst_edges,
     resolve_backend,
 )
-from meds_core.clustering._engine import mst_edges
-from meds_core.clustering._knn import knn_vote_packed, knn_vote_packed_numba
 from meds_core.testing import blob_stream, brute_vote, knn_memories, registered_backend, vote_problem
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
@@ -41,7 +41,7 @@ def compiled():
     X = np.random.default_rng(0).normal(size=(12, 3))
     hdbscan_batch([X], 3, 2)
     mst_edges([X], 2)
-    knn_vote_packed_numba([X], [np.zeros(12, np.int64)], X[:2], np.array([2]), 3)
+    backend_for("numba").vote([X], [np.zeros(12, np.int64)], X[:2], np.array([2]), 3)
 
 
 def blobs(seed, n, d, modes=None):
@@ -241,8 +241,8 @@ def test_numba_vote_equals_the_numpy_vote(specs, k, discrete):
     stored, labels, queries = vote_problem(specs, discrete)  # discrete coordinates create exact distance ties
     counts = np.array([len(q) for q in queries])
     Q = np.concatenate(queries)
-    want = knn_vote_packed(stored, labels, Q, counts, k)
-    got = knn_vote_packed_numba(stored, labels, Q, counts, k)
+    want = backend_for("hdbscan", load=False).vote(stored, labels, Q, counts, k)  # numpy
+    got = backend_for("numba").vote(stored, labels, Q, counts, k)  # the numba kernel
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])
     owner = np.repeat(np.arange(len(stored)), counts)
@@ -257,7 +257,7 @@ def test_numba_vote_ties():
     q = np.array([[1.0, 0.0]])
 
     def vote(labels, k, rows=S):
-        return knn_vote_packed_numba([rows], [np.array(labels)], q, np.array([1]), k)[0].tolist()
+        return backend_for("numba").vote([rows], [np.array(labels)], q, np.array([1]), k)[0].tolist()
 
     assert vote([5, 7, 2, 9], 3) == [2]  # neighbours rows 0, 3 (equal: older first), 2: one vote each -> smallest
     assert vote([5, 7, 2, 9], 1) == [5]  # the older of two equal distances
@@ -325,7 +325,7 @@ def test_import_does_not_import_numba_and_cache_switch():
     code = "import sys, meds_core, meds_core.clustering; print('numba' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
-    code = "import meds_core.clustering._numba_jit as j; print(j.CACHE)"
+    code = "import meds_core.clustering._jit as j; print(j.CACHE)"
     env = dict(os.environ, MEDS_NUMBA_CACHE="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"

@@ -9,8 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meds_core import ErrorMemory, MEDSConfig
-from meds_core.clustering import hdbscan_batch
-from meds_core.clustering._engine import hdbscan_incremental, mst_edges
+from meds_core.clustering import hdbscan_batch, hdbscan_incremental, mst_edges
 
 pytest.importorskip("numba")
 
@@ -134,3 +133,18 @@ def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_pa
     assert (kept > 0) == (min_samples == 1)
     if min_samples == 1:
         assert sum(s.mst is not None and s.n == 12 for s in inc._slots.values()) > 0, "MSTs must survive the cap"
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 40), decimals=st.sampled_from([0, 1, 8]),
+       dup=st.sampled_from([0.0, 0.2]))
+def test_fast_uniqueness_check_equals_tree_walk(seed, n, decimals, dup):
+    """The merge-tree-order uniqueness check (used after every full recomputation) against the tree-walk oracle."""
+    from meds_core.clustering._incremental import is_unique_mst, is_unique_mst_sorted
+    from meds_core.clustering._pipeline import mst_one
+
+    X = _stream(seed, n, 2, decimals, dup)
+    if n < 2:
+        return
+    src, dst, w = mst_one(X, 1)
+    assert is_unique_mst_sorted(X, src, dst, w) == is_unique_mst(X, src, dst, w)

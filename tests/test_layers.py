@@ -28,15 +28,6 @@ FORBIDDEN = {
     "meds_core.adapters": ("meds_core.demo", "meds_core.cli"),
 }
 
-# Private reach-ins that the clustering backend object (issue 15, developed on its own branch) removes; listed here
-# so that this test holds on every commit until then. Each entry: (importing module, imported module).
-PENDING = {
-    ("meds_core.step.memory", "meds_core.clustering._batch"),
-    ("meds_core.step.memory", "meds_core.clustering._knn"),
-    ("meds_core.step.memory", "meds_core.clustering._engine"),
-}
-
-
 def _modules() -> dict[str, Path]:
     out = {}
     for path in sorted(ROOT.rglob("*.py")):
@@ -102,12 +93,6 @@ def test_no_private_name_is_imported_from_another_subpackage():
             full = f"{target}.{name}" if name and f"{target}.{name}" in MODULES else target
             home = _package(full, MODULES[full]) if full in MODULES else target
             private = any(_private(p) for p in full.split(".")) or (name is not None and _private(name))
-            if private and home != own and (m, full) not in PENDING:
+            if private and home != own:
                 bad.append(f"{path.relative_to(ROOT.parent)}:{line} takes {name or target} from {target}")
     assert not bad, "private names used outside their subpackage:\n" + "\n".join(bad)
-
-
-def test_the_pending_list_names_real_imports():
-    """Every tolerated reach-in still exists: delete an entry as soon as its import is gone."""
-    present = {(m, t) for m, p in MODULES.items() for t, _, _ in _imports(m, p)}
-    assert PENDING <= present, f"remove from PENDING: {sorted(PENDING - present)}"

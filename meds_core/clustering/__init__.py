@@ -1,9 +1,9 @@
 """Batched clustering of many small memories behind one backend interface."""
 
-from meds_core.clustering._batch import cluster_batch
-from meds_core.clustering._engine import hdbscan_batch
+from meds_core.clustering._backend import ClusteringBackend, backend_for
+from meds_core.clustering._dispatch import cluster_batch
+from meds_core.clustering._engine import hdbscan_batch, hdbscan_incremental, mst_edges
 from meds_core.clustering._gpu import GPUFallbackWarning, cuda_status
-from meds_core.clustering._knn import knn_vote
 from meds_core.clustering._registry import (
     available_backends,
     get_backend,
@@ -11,9 +11,14 @@ from meds_core.clustering._registry import (
     resolve_backend,
     unregister_backend,
 )
+from meds_core.clustering._vote import knn_vote
 from meds_core.clustering.params import HDBSCANParams
 
 __all__ = [
+    "ClusteringBackend",
+    "backend_for",
+    "hdbscan_incremental",
+    "mst_edges",
     "GPUFallbackWarning",
     "HDBSCANParams",
     "available_backends",

@@ -4,6 +4,8 @@ Stages: core distances and the mutual-reachability MST on the device (one launch
 matrix-free, scratch in global memory), then the CPU engine's own tree stage (``tree_labels_packed``: single linkage,
 condensed tree, selection, labels) on the host, on the MST edges. The device MST is edge-for-edge the CPU engine's
 (same distances to the bit, same tie rule), so the labels are identical. Imports numba.cuda: import lazily.
+Every step recomputes each touched memory in full: the incremental update (``hdbscan_incremental``, CPU) is not
+ported to the GPU; ``ClusteringBackend.supports_incremental`` is False for ``cuda``.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ from collections.abc import Sequence
 import numpy as np
 from numba import cuda
 
-from meds_core.clustering._cuda_core import core_distances_kernel
+from meds_core.clustering._cuda_core_distances import core_distances_kernel
 from meds_core.clustering._cuda_jit import THREADS, kernel
-from meds_core.clustering._cuda_knn import knn_vote_kernel
 from meds_core.clustering._cuda_mst import prim_kernel
+from meds_core.clustering._cuda_vote import knn_vote_kernel
 from meds_core.clustering._engine import _balanced_order, _check_offsets, _check_params, _pack, _raise_if_bad
 
 
@@ -142,7 +144,7 @@ def hdbscan_batch_cuda(problems, min_cluster_size: int = 5, min_samples: int | N
     """
     import numba
 
-    from meds_core.clustering._numba_batch import tree_labels_packed
+    from meds_core.clustering._pipeline import tree_labels_packed
 
     mcs, ms, leaf, single, eps = _check_params(min_cluster_size, min_samples, cluster_selection_method,
                                                allow_single_cluster, cluster_selection_epsilon)
@@ -172,7 +174,7 @@ def mst_edges_cuda(problems: Sequence, min_samples: int) -> list[tuple[np.ndarra
 
 def knn_vote_packed_cuda(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], queries, counts,
                          k: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`~meds_core.clustering._knn.knn_vote_packed` on the GPU (same arguments, rule and results): one thread
+    """:func:`~meds_core.clustering._vote.knn_vote_packed` on the GPU (same arguments, rule and results): one thread
     per query row. ``queries`` may already be on the GPU."""
     m = np.asarray(counts, dtype=np.int64)
     if not len(stored) or not m.sum():

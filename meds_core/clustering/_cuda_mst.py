@@ -4,7 +4,7 @@ Each step, every thread relaxes the keys of its (strided) rows not yet in the tr
 with distances recomputed on the fly, and the block picks the next point by a block-wide arg-min in shared memory.
 Keys, sources and the in-tree flags live in global scratch ([N] each), so n has no on-chip limit.
 
-Tie rule, the CPU engine's (``_numba_mst``): the first tree point is row 0; a key changes only on a strictly smaller
+Tie rule, the CPU engine's (``_mst``): the first tree point is row 0; a key changes only on a strictly smaller
 weight (its source stays the earlier tree point); the next point is the smallest (key, row index). With bit-equal
 weights (see ``_cuda_jit``) this is a strict total order, so both engines emit the same edges in the same order.
 """

@@ -136,7 +136,7 @@ def hdbscan_batch(problems: Sequence[np.ndarray] | np.ndarray,
     _check_backend(backend)
     import numba
 
-    from meds_core.clustering._numba_batch import hdbscan_packed
+    from meds_core.clustering._pipeline import hdbscan_packed
 
     threads = numba.get_num_threads()
     out: list[np.ndarray] = [np.empty(0, np.int64)] * (len(problems) if offsets is None else len(offsets) - 1)
@@ -154,7 +154,7 @@ def mst_edges(problems: Sequence[np.ndarray], min_samples: int) -> list[tuple[np
     _check_params(2, min_samples, "eom", False, 0.0)
     import numba
 
-    from meds_core.clustering._numba_batch import mst_packed
+    from meds_core.clustering._pipeline import mst_packed
 
     out: list = [None] * len(problems)
     for X, offsets, members in _pack(problems, None):
@@ -172,7 +172,7 @@ def mst_edges(problems: Sequence[np.ndarray], min_samples: int) -> list[tuple[np
 
 def _numba_factory():
     try:
-        from meds_core.clustering import _numba_batch  # noqa: F401  (imports numba and defines the kernels)
+        from meds_core.clustering import _pipeline  # noqa: F401  (imports numba and defines the kernels)
     except ImportError as exc:
         raise ImportError("clustering backend 'numba' needs the 'numba' package: pip install numba (or use "
                           "backend='hdbscan')") from exc
@@ -200,38 +200,40 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         same order, then the new rows.
     n_old : sequence of int
         Rows problem i had when ``old_msts[i]`` was returned; -1 (or ``old_msts[i]`` None) forces full recomputation.
-    old_msts : sequence of (src [n-1] int64, dst [n-1] int64, weight_sq [n-1] float64) or None
-        The state this function returned for the previous rows (never built from elsewhere).
+    old_msts : sequence of (u [n-1] int64, v [n-1] int64, weight_sq [n-1] float64) or None
+        The state this function returned for the previous rows (never built from elsewhere): the unique MST, edges
+        sorted by squared weight.
     min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster, cluster_selection_epsilon
         As in :func:`hdbscan_batch`.
     drop : sequence of int, optional
         Previous rows dropped from the front (0 <= drop[i] <= n_old[i]); default none.
     want_state : sequence of bool, optional
-        Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check, e.g. for a
-        memory at its row cap, whose next step drops rows anyway). Default all True.
+        Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check). Default all
+        True.
 
     Returns
     -------
     labels : list of ndarray of shape (n_i,), int64
-    msts : list of (src, dst, weight_sq) or None
-        The state to pass with the next step's rows; None where the problem was recomputed in full.
+    msts : list of (u, v, weight_sq) or None
+        The state to pass with the next step's rows; None where the problem was recomputed in full without it.
 
     Notes
     -----
     The incremental path applies when ``min_samples == 1`` (mutual reachability is then the euclidean distance) and
-    the problem's old MST is known and unique. Full recomputation (the engine's Prim's), and state None afterwards,
-    where: ``min_samples > 1`` (no state is kept); ``old_msts[i]`` is None (e.g. a memory loaded from a file, or a
-    previous MST that was not unique); the new MST is not provably unique
-    (bit-equal distances that could swap a tree edge, such as three or more duplicate rows). After a full
-    recomputation with ``min_samples == 1`` the MST is checked for uniqueness in O(n^2 d) (about one more MST's
-    work) and kept when unique and ``want_state``. A first clustering (``n_old = 0``, empty MST) is incremental.
-    Cost per incremental problem: O(n * m * d + n * m * log(n * m)) for m new rows, plus the tree stage.
+    the problem's old MST is known. Full recomputation (the engine's Prim's) where: ``min_samples > 1`` (no state is
+    kept: core distances change with new rows, not handled incrementally); ``old_msts[i]`` is None (e.g. a memory
+    loaded from a file); the new MST is not provably unique (bit-equal distances that could swap a tree edge, such as
+    three or more copies of a row). After a full recomputation with ``min_samples == 1`` and ``want_state`` the MST is
+    checked for uniqueness in O(n^2 d) (about half a full clustering's time) and kept when unique. A first clustering
+    (``n_old = 0``, empty MST) is incremental. Cost per problem: O(n * m * d) for m new rows, plus
+    O(outside * n * d) after a FIFO drop (outside: rows cut off from the largest remaining piece of the old tree),
+    plus the O(n log n) tree stage. The GPU backend always recomputes in full. See :mod:`._incremental`.
     """
     mcs, ms, leaf, single, eps = _check_params(min_cluster_size, min_samples, cluster_selection_method,
                                                allow_single_cluster, cluster_selection_epsilon)
     import numba
 
-    from meds_core.clustering._numba_incremental import incremental_packed
+    from meds_core.clustering._incremental import incremental_packed
 
     P = len(problems)
     labels: list[np.ndarray] = [np.empty(0, np.int64)] * P

@@ -24,8 +24,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from meds_core.clustering import HDBSCANParams, cluster_batch, get_backend, resolve_backend
-from meds_core.clustering._knn import knn_vote_packed_for
+from meds_core.clustering import HDBSCANParams, backend_for
 from meds_core.step._arrays import correctness_groups, to_numpy
 from meds_core.step._memory_io import read_state, write_state
 from meds_core.step.config import MEDSConfig
@@ -151,13 +150,19 @@ class ErrorMemory:
     Bounded: after a step appends its rows to a memory, rows beyond ``max_rows_per_memory`` are dropped
     oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows; then
     least recently visited prompts are evicted whole while more than ``max_total_rows`` rows are stored.
+
+    Re-clustering is incremental where the backend offers it (numba, ``min_samples = 1``, memories above 64 rows):
+    each memory keeps its MST and a step costs O(n * m * d) for m new rows instead of O(n^2 * d), with labels
+    bit-identical to full recomputation (the attribute ``_incremental = False`` switches it off, for comparisons).
+    Full recomputation otherwise: other backends (GPU, library loops), ``min_samples > 1``, a memory's first touch
+    after :meth:`load`, and memories whose MST is not unique (exact ties).
     """
 
     def __init__(self, config: MEDSConfig | None = None):
         self.config = config if config is not None else MEDSConfig()
-        self._backend = resolve_backend(self.config.backend)
-        if self.config.cluster_method != "single":
-            get_backend(self._backend)  # import its library now: a missing one fails here, not at the first step
+        # a missing library fails here, not at the first step (the 'single' method never clusters)
+        self._engine = backend_for(self.config.backend, load=self.config.cluster_method != "single")
+        self._backend = self._engine.name
         self._params = HDBSCANParams(self.config.min_cluster_size, self.config.min_samples)
         # numba backend, min_samples 1: update each memory's MST from its new rows (exact; see _cluster_incremental).
         # A switch for benchmarks and tests: False recomputes every touched memory in full.
@@ -218,7 +223,9 @@ class ErrorMemory:
         -------
         StepResult
         """
-        self._backend = resolve_backend(self.config.backend, features)  # 'auto': 'cuda' for features on a GPU
+        if self.config.backend == "auto":  # 'cuda' for features on a GPU
+            self._engine = backend_for("auto", features, load=self.config.cluster_method != "single")
+            self._backend = self._engine.name
         keys, feats, groups = self._check_inputs(keys, features, correct)
         B = len(keys)
         finite = np.isfinite(feats).all(axis=1)
@@ -306,9 +313,9 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        vote = knn_vote_packed_for(self._backend)  # same rule, same results on every backend
-        label[rows], size[rows] = vote([_unit_rows(s.rows) for s in old], [s.labels.astype(np.int64) for s in old],
-                                       batch.unit[queries], counts, self.config.knn_k)
+        label[rows], size[rows] = self._engine.vote([_unit_rows(s.rows) for s in old],
+                                                    [s.labels.astype(np.int64) for s in old], batch.unit[queries],
+                                                    counts, self.config.knn_k)  # same rule, results on every backend
         if self.config.noise_policy == "ignore":
             size[label == -1] = 0
         return label, size
@@ -341,14 +348,14 @@ class ErrorMemory:
             else:
                 problems = [s.row_buf[a:a + n].astype(np.float64) for s, a, n in staged]
             t0 = time.perf_counter()
-            if self._incremental and self._backend == "numba" and self._params.min_samples == 1:
+            if self._incremental and self._engine.supports_incremental(self._params):
                 labels = self._cluster_incremental(batch, staged, problems)
             else:
-                labels = cluster_batch(problems, self._params, self._backend)
+                labels = self._engine.cluster(problems, self._params)
                 for slot, _, _ in staged:
                     slot.mst = None
             seconds = time.perf_counter() - t0
-            calls = int(any(len(p) >= self._params.min_rows for p in problems))
+            calls = int(any(self._engine.can_cluster(len(p), self._params) for p in problems))
         slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
             old = slots.pop(mk, None)
@@ -368,15 +375,14 @@ class ErrorMemory:
         ``max_rows_per_memory``.
 
         The MST is not in the memory file (format unchanged): a loaded memory is recomputed in full on its first
-        touch and its MST rebuilt then (an O(n^2 d) uniqueness check, about one more full clustering of that
-        memory). A memory whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed
-        in full; the rebuild is then retried only every 8th touch, so ties do not double its cost every step.
-        Memories of at most ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST: there the full engine
-        is as fast (measured: P = 512, m = 16, 2 threads, full / incremental CPU time 0.55 at n = 16, 1.0 at n = 64,
-        1.4 at n = 128, 2.9 at n = 256, 5 at n = 512, 9 at n = 1024); the MST is built (with the uniqueness check)
-        on the first touch above it."""
-        from meds_core.clustering._engine import hdbscan_incremental
-
+        touch and its MST rebuilt then, with an O(n^2 d) uniqueness check on top (3.3 ms against 7.3 ms for the full
+        clustering of one 1024-row memory, d = 14, one thread, measured on the shared 2-core machine). A memory
+        whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed in full; the rebuild
+        is then retried only every 8th touch, so ties do not add the check every step. Memories of at most
+        ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST: there the full engine is as fast (kernel
+        CPU time for P = 512 memories gaining 16 rows, contended machine: full / incremental 0.55 at n = 16, 1.0 at
+        n = 64, 1.4 at n = 128; see benchmarks/results/clustering_latency_stream.md for whole steps); the MST is
+        built on the first touch above it."""
         n_old, old, drop, want, wait = [], [], [], [], []
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
@@ -391,7 +397,7 @@ class ErrorMemory:
                 old.append(None)
             want.append(w == 0 and n > _INCREMENTAL_FROM)
             wait.append(w)
-        labels, msts = hdbscan_incremental(problems, n_old, old, drop=drop, want_state=want, **self._params.kwargs())
+        labels, msts = self._engine.cluster_incremental(problems, n_old, old, self._params, drop, want)
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
             slot.mst_wait = 8 if (asked and mst is None) else w

@@ -16,6 +16,11 @@ from collections.abc import Callable
 COMPILE_SECONDS_HINT = 60
 
 
+# the numba CPU engine's kernel modules in meds_core/clustering (numba names its cache files after them)
+_KERNEL_MODULES = ("_core_distances", "_mst", "_condensed_tree", "_selection", "_pipeline", "_incremental",
+                   "_vote_kernel")
+
+
 def _cache_enabled() -> bool:
     return os.environ.get("MEDS_NUMBA_CACHE", "1").strip().lower() not in ("0", "false", "no", "off")
 
@@ -27,7 +32,7 @@ def kernels_cached() -> bool:
         return False
     package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     where = os.environ.get("NUMBA_CACHE_DIR") or os.path.join(package, "clustering", "__pycache__")
-    return bool(glob.glob(os.path.join(where, "**", "_numba_*.nbi"), recursive=True))
+    return any(glob.glob(os.path.join(where, "**", f"{module}.*.nbi"), recursive=True) for module in _KERNEL_MODULES)
 
 
 def warm_clustering_kernels(verbose: bool = True, say: Callable[[str], None] = print) -> float:

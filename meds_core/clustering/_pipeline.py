@@ -1,4 +1,4 @@
-"""Batched drivers: one call runs every problem of a step, ``prange`` over problems (outer loop only).
+"""The engine's pipeline per problem (MST -> tree stage -> labels) and its parallel loops over packed problems.
 
 Problems are packed: rows X [N, d] f64 of all problems stacked, problem p owning rows offsets[p]:offsets[p + 1].
 ``order`` is the visiting order; numba splits the loop into one contiguous block per thread, and the caller orders
@@ -10,18 +10,11 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from meds_core.clustering._numba_core import core_distances_sq
-from meds_core.clustering._numba_jit import kernel
-from meds_core.clustering._numba_mst import prim_mst
-from meds_core.clustering._numba_tree import (
-    apply_epsilon,
-    cluster_stability,
-    condense_tree,
-    label_points,
-    select_eom,
-    select_leaves,
-    single_linkage,
-)
+from meds_core.clustering._condensed_tree import cluster_stability, condense_tree, single_linkage
+from meds_core.clustering._core_distances import core_distances_sq
+from meds_core.clustering._jit import kernel
+from meds_core.clustering._mst import prim_mst
+from meds_core.clustering._selection import apply_epsilon, label_points, select_eom, select_leaves
 
 
 @kernel

@@ -224,7 +224,7 @@ def knn_vote_packed_numba(stored: Sequence[np.ndarray], stored_labels: Sequence[
     """
     from numba.typed import List
 
-    from meds_core.clustering._numba_knn import knn_vote_kernel
+    from meds_core.clustering._vote_kernel import knn_vote_kernel
 
     m = np.asarray(counts, dtype=np.int64)
     n = np.fromiter(map(len, stored), dtype=np.int64, count=len(stored))

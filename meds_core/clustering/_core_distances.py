@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from meds_core.clustering._numba_jit import kernel
+from meds_core.clustering._jit import kernel
 
 
 @kernel

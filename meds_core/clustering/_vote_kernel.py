@@ -1,5 +1,5 @@
 """The batched k-NN vote as one numba kernel, ``prange`` over memories: same rule and same rounding as the numpy
-:func:`meds_core.clustering._knn.knn_vote_packed` (its oracle).
+:func:`meds_core.clustering._vote.knn_vote_packed` (its oracle).
 
 Rule: neighbours ranked by (cosine distance rounded to 1e-9, stored index); k = min(k, n); the vote is the most
 frequent label, ties to the smallest; support = stored rows of the memory carrying the voted label. Rounding, as in
@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import prange
 
-from meds_core.clustering._numba_jit import kernel
+from meds_core.clustering._jit import kernel
 
 _SCALE = 1e9
 _ROUND = 1.5 * 2.0**52

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from meds_core.clustering._numba_core import min_bits, sq_dists_from
-from meds_core.clustering._numba_jit import kernel
+from meds_core.clustering._core_distances import min_bits, sq_dists_from
+from meds_core.clustering._jit import kernel
 
 
 @kernel

@@ -1,16 +1,23 @@
-"""Incremental MST for ``min_samples = 1``: the new MST from the old one and the edges incident to the new rows.
+"""Incremental MST for ``min_samples = 1``: each step's MST from the previous one, the rows dropped and the rows added.
 
 With ``min_samples = 1`` the core distance of a row is its nearest-neighbour distance, so every mutual-reachability
-weight equals the squared euclidean distance (bit for bit: core and edge come from the same sums). Let the old MST
-(rows 0..n_old-1) be UNIQUE: every non-tree edge is strictly heavier than the heaviest edge on its tree path. Adding
-rows n_old..n-1 only lowers minimax path distances, so the old non-tree edges stay strictly heavier than the new
-tree paths, and the new MST is the MST of the candidate set C = old MST edges + edges incident to a new row. Kruskal on
-C, one class of bit-equal weights at a time, checks that MST(C) is unique too (every edge of a class that joins two
-components before the class must be added); then it is the unique MST of all rows. Prim's algorithm on the full graph
-(:mod:`._numba_mst`) emits exactly that tree, and Prim on the tree alone, with the same rule (start at row 0, smallest
-key first, equal keys: smallest row index) emits the same edges, orientation and order, because each vertex outside
-the tree has at most one tree neighbour inside it. When C has a tie that could change the tree, the answer is
-``ok = False`` and the caller recomputes in full. Cost: O(n * m * d + (n * m) log(n * m)) for m new rows.
+weight equals the squared euclidean distance (bit for bit: core and edge come from the same sums). The state is the
+previous rows' MST, UNIQUE (every non-tree edge strictly heavier than the heaviest edge on its tree path), as its n-1
+edges sorted by weight.
+
+* FIFO drop (:func:`_reconnect`): the old tree edges between kept rows form a forest F that lies in every MST of the
+  kept rows; only the lightest edge between two components of F can join them. Cost O(outside * kept * d), outside =
+  rows not in F's largest component (no sort of those pairs).
+* New rows (:func:`_insertion_candidates`, :func:`_star_survivors`): old non-tree edges stay strictly heavier than
+  the new tree paths, so the new MST is the MST of the kept rows' tree plus edges incident to a new row; of those,
+  Chin and Houck's O(n) insertion keeps, per new row, only the edges that are not strictly the heaviest of a cycle
+  (typically a few). Kruskal merges the sorted old tree with the few sorted candidates, one class of bit-equal
+  weights at a time, and checks that the result is unique (:func:`_kruskal_merge`); then it is the unique MST of all
+  rows, the tree the full engine's Prim's builds. Cost O(n * m * d) for m new rows, plus the tree stage.
+* Tree stage (:func:`labels_from_sorted_mst`): the merge order is the sorted order where no two tree distances are
+  equal (Prim's orientation from rooting the tree at row 0); otherwise Prim's order is rebuilt from the tree.
+
+Any tie that could change the tree gives ``ok = False``, and the caller recomputes in full.
 """
 
 from __future__ import annotations
@@ -20,10 +27,10 @@ import heapq
 import numpy as np
 from numba import prange
 
-from meds_core.clustering._numba_batch import _transposed, labels_from_merges, mst_one, tree_labels
-from meds_core.clustering._numba_core import sq_dists_from
-from meds_core.clustering._numba_jit import kernel
-from meds_core.clustering._numba_tree import merge_in_order
+from meds_core.clustering._condensed_tree import merge_in_order
+from meds_core.clustering._core_distances import sq_dists_from
+from meds_core.clustering._jit import kernel
+from meds_core.clustering._pipeline import _transposed, labels_from_merges, mst_one, tree_labels
 
 
 @kernel
@@ -416,6 +423,58 @@ def is_unique_mst(X, src, dst, weight_sq):
     return True
 
 
+@kernel
+def is_unique_mst_sorted(X, src, dst, weight_sq):
+    """:func:`is_unique_mst` (the same answer), in about half a full clustering's time: the heaviest edge on the tree
+    path between two rows is the weight at which single linkage first joins them, i.e. the largest gap between them
+    in the merge tree's leaf order. Rows are visited in that order, so each row's pairs need one running max over a
+    contiguous gap array instead of a tree walk. X [n, d] f64; src, dst [n-1] int64, weight_sq [n-1] f64 (any order)."""
+    n, d = X.shape
+    if n < 3:
+        return True
+    left, right, dist, size = merge_in_order(src, dst, weight_sq, np.argsort(weight_sq, kind="mergesort"))
+    leaf = np.empty(n, dtype=np.int64)
+    gap = np.empty(n - 1)  # gap[i]: squared weight of the merge that joins leaf[i] and leaf[i + 1]
+    stack = np.empty(3 * n, dtype=np.int64)
+    stack[0], top, pos = 2 * n - 2, 1, 0
+    while top > 0:
+        top -= 1
+        x = stack[top]
+        if x < 0:  # between the left and the right subtree of merge -x-1
+            gap[pos - 1] = dist[-x - 1 - n]
+        elif x < n:
+            leaf[pos] = x
+            pos += 1
+        else:
+            stack[top], stack[top + 1], stack[top + 2] = right[x - n], -x - 1, left[x - n]
+            top += 3
+    XP = np.empty((d, n))
+    for q in range(d):
+        for i in range(n):
+            XP[q, i] = X[leaf[i], q]
+    start, nb, nw = _tree_adjacency(n, src, dst, weight_sq)
+    row = np.empty(n)
+    x = np.empty(d)
+    for i in range(n - 1):
+        for q in range(d):
+            x[q] = XP[q, i]
+        sq_dists_from(x, XP, i + 1, n, row)
+        pm = 0.0
+        for j in range(n - 1 - i):
+            g = gap[i + j]
+            pm = g if g > pm else pm
+            if row[j] <= pm:
+                if row[j] < pm:
+                    return False
+                a, b = leaf[i], leaf[i + 1 + j]  # equal: fine only for the tree edge (a, b) itself
+                edge = False
+                for z in range(start[a], start[a + 1]):
+                    edge |= nb[z] == b
+                if not edge:
+                    return False
+    return True
+
+
 @kernel(parallel=True)
 def incremental_packed(X, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, out_offsets, order, min_cluster_size,
                        min_samples, want_state, leaf, allow_single_cluster, epsilon):
@@ -442,7 +501,7 @@ def incremental_packed(X, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, ou
                 src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = s, dd, w
         if not good and n >= 2 and (n >= min_cluster_size or (want_state[p] and min_samples == 1)):
             s, dd, w = mst_one(X[a:b], min_samples)  # the full engine's MST
-            good = want_state[p] and min_samples == 1 and is_unique_mst(X[a:b], s, dd, w)
+            good = want_state[p] and min_samples == 1 and is_unique_mst_sorted(X[a:b], s, dd, w)
             if good:
                 src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = _sorted_by_weight(s, dd, w)
             if n >= max(2, min_cluster_size):

@@ -1,5 +1,5 @@
 """The batched k-NN vote on the GPU, one thread per query row: the rule and rounding of the numba vote
-(``_numba_knn``), so the same labels and supports.
+(``_vote_kernel``), so the same labels and supports.
 
 Rule: stored rows ranked by (cosine distance rounded to 1e-9, stored index), the distance being
 ``fl(sum_k (-1e9 * q_k) * s_k) + (1e9 + 1.5 * 2**52)`` summed in feature order with separately rounded products and
