@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import socket
 import subprocess
@@ -16,92 +15,10 @@ pytest.importorskip("trl")
 torch = pytest.importorskip("torch")
 
 import trl_toy as T  # noqa: E402
+from trl_recording import CONFIG, expected_penalty, grpo_advantages, length_reward, make  # noqa: E402
 
 from meds_core import MEDSConfig  # noqa: E402
 from meds_core.adapters.trl import MEDSGRPOTrainer, MEDSPenaltyReward, check_trl_version  # noqa: E402
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-CONFIG = MEDSConfig(use_last_n_layers=3, penalty_coef=0.5)
-
-
-def oracle_features(model, prompt_ids, completion_ids, config: MEDSConfig) -> np.ndarray:
-    """Independent features: each sample alone (no padding), output_hidden_states, marker found by token id."""
-    marker = T.VOCAB.index(T.MARKER)
-    L = model.config.num_hidden_layers
-    W = model.get_output_embeddings().weight.detach().float()
-    out = np.full((len(prompt_ids), config.use_last_n_layers), np.nan)
-    was = model.training
-    model.eval()
-    for b, (p, c) in enumerate(zip(prompt_ids, completion_ids)):
-        hits = [i for i, t in enumerate(c) if t == marker]
-        if not hits or hits[-1] + 1 >= len(c):
-            continue
-        k = hits[-1] + 1
-        with torch.no_grad():
-            hs = model(input_ids=torch.tensor([list(p) + list(c)]), output_hidden_states=True).hidden_states
-        q = len(p) + k - 1
-        n = config.layers_needed
-        vals = np.array([float(hs[i][0, q].float() @ W[c[k]]) for i in range(L - n + 1, L + 1)])
-        out[b] = np.diff(vals) if config.use_layer_diff else vals
-    model.train(was)
-    return out
-
-
-class Recording(MEDSGRPOTrainer):
-    """Records, per generation batch, what MEDS saw and produced (plus an oracle computed with the same weights)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.rec: list[dict] = []
-
-    def _meds_features(self, prompts, completion_ids):
-        feats, no_answer = super()._meds_features(prompts, completion_ids)
-        prompt_ids = self._meds_rollout["prompt_ids"]  # the tokens TRL generated from
-        model = self.accelerator.unwrap_model(self.model)
-        self.rec.append({"completion_ids": [list(c) for c in completion_ids], "features": feats.cpu().numpy(),
-                         "oracle": oracle_features(model, prompt_ids, completion_ids, self.meds_config),
-                         "no_answer": no_answer})
-        return feats, no_answer
-
-    def meds_cluster_sizes(self, sizes, correct, group_ids):
-        self.rec[-1].update(sizes=sizes.copy(), correct=correct.copy(), group_ids=group_ids.copy())
-        return super().meds_cluster_sizes(sizes, correct, group_ids)
-
-    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
-        out = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
-        if self.model.training:
-            self.rec[-1]["rewards_per_func"] = out.detach().cpu().numpy().copy()
-            self.rec[-1]["raw"] = np.array(T.accuracy(completions, [x["answer"] for x in inputs]))
-            self.rec[-1]["keys"] = [x.get("prompt_id") for x in inputs]
-            self.rec[-1]["memory"] = self.meds_memory.state_dict()
-        return out
-
-    def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
-        if self.model.training:
-            self.rec[-1]["advantages"] = out["advantages"].detach().cpu().numpy().copy()
-        return out
-
-
-def make(tmp_path, cls=Recording, config=CONFIG, dataset=None, model=None, **args):
-    tok = T.toy_tokenizer()
-    if model is None:
-        model = T.warm_model(tok)
-    extra = {k: args.pop(k) for k in ("reward_funcs", "callbacks", "eval_dataset") if k in args}
-    meds = {k: args.pop(k) for k in ("prompt_key_column", "correctness_reward", "peft_config") if k in args}
-    kw = dict(model=model, args=T.grpo_args(str(tmp_path / "out"), **args),
-              train_dataset=dataset if dataset is not None else T.toy_dataset(), processing_class=tok, **extra)
-    kw.setdefault("reward_funcs", [T.accuracy])
-    if cls is not None and issubclass(cls, MEDSGRPOTrainer):
-        kw.update(meds_config=config, **meds)
-    else:
-        kw.update({k: v for k, v in meds.items() if k == "peft_config"})
-    return cls(**kw)
-
-
-def expected_penalty(size, coef=CONFIG.penalty_coef, cap=CONFIG.penalty_cap):
-    return coef * min(math.log(size + 1.0), cap)
-
 
 # -- features ----------------------------------------------------------------------------------------------------------
 
@@ -174,23 +91,6 @@ def test_a_different_batch_seen_by_trl_is_not_reused(tmp_path, caplog):
 # -- shaping and advantages --------------------------------------------------------------------------------------------
 
 
-def grpo_advantages(rewards_per_func, weights, G, scale, aggregation):
-    """GRPO advantages recomputed from (shaped) rewards, written from TRL's documented formulas."""
-    if aggregation == "sum_then_normalize":
-        r = (rewards_per_func * weights).sum(1).reshape(-1, G)
-        adv = r - r.mean(1, keepdims=True)
-        std = r.std(1, ddof=1, keepdims=True) if scale == "group" else np.full_like(r, r.std(ddof=1))
-        return (adv if scale == "none" else adv / (std + 1e-4)).ravel()
-    g = rewards_per_func.reshape(-1, G, rewards_per_func.shape[1])
-    z = ((g - g.mean(1, keepdims=True)) / (g.std(1, ddof=1, keepdims=True) + 1e-4)).reshape(-1, g.shape[2])
-    s = (z * weights).sum(1)
-    return (s - s.mean()) / (s.std(ddof=1) + 1e-4)
-
-
-def length_reward(completions, **kwargs):
-    return [-0.01 * len(c) for c in completions]
-
-
 @pytest.mark.parametrize("scale, aggregation", [("group", "sum_then_normalize"), ("none", "sum_then_normalize"),
                                                 ("batch", "normalize_then_sum")])
 def test_advantages_are_grpo_of_the_shaped_rewards(tmp_path, scale, aggregation):
@@ -229,11 +129,14 @@ def test_memory_grows_and_metrics_are_logged(tmp_path):
 def test_mixed_groups_only_gates_uniform_groups(tmp_path):
     tr = make(tmp_path, max_steps=6)
     tr.train()
+    uniform = 0
     for r in tr.rec:
         for g in np.unique(r["group_ids"]):
             m = r["group_ids"] == g
             if len(set(r["correct"][m].tolist())) == 1:  # all right or all wrong: TRL keeps it, MEDS leaves it alone
+                uniform += 1
                 np.testing.assert_array_equal(r["rewards_per_func"][m, 0], r["raw"][m])
+    assert uniform > 0, "no all-right or all-wrong group in 6 steps: nothing was checked"
 
 
 def test_completion_without_answer_gets_no_penalty(tmp_path):
@@ -369,6 +272,18 @@ def test_penalty_reward_on_a_stock_trainer_matches_the_trainer(tmp_path):
     pen_a = [h["meds/penalty_mean"] for h in ref.state.log_history if "meds/penalty_mean" in h]
     pen_b = [h["meds/penalty_mean"] for h in stock.state.log_history if "meds/penalty_mean" in h]
     np.testing.assert_allclose(pen_a, pen_b, atol=1e-9)
+    # What each path logs at the steps where penalties were applied (README's metrics table):
+    penalised_a = [h for h in ref.state.log_history if h.get("meds/penalty_mean", 0) > 0]
+    penalised_b = [h for h in stock.state.log_history if h.get("meds/penalty_mean", 0) > 0]
+    assert penalised_a and len(penalised_a) == len(penalised_b)
+    for h in penalised_a:  # the trainer: TRL's reward metrics are the raw ones
+        assert h["rewards/accuracy/mean"] == pytest.approx(h["meds/raw_reward_mean"])
+        assert h["reward"] == pytest.approx(h["meds/raw_reward_mean"])
+        assert h["meds/shaped_reward_mean"] < h["meds/raw_reward_mean"]
+    for h in penalised_b:  # the reward fallback: the penalty is its own column, and TRL's total is the shaped reward
+        assert h["rewards/accuracy/mean"] == pytest.approx(h["meds/raw_reward_mean"])
+        assert h["rewards/meds_penalty/mean"] == pytest.approx(h["meds/shaped_reward_mean"] - h["meds/raw_reward_mean"])
+        assert h["reward"] == pytest.approx(h["meds/shaped_reward_mean"])
     fresh = MEDSPenaltyReward(T.accuracy, CONFIG)
     fresh.load(str(tmp_path / "b" / "out" / "checkpoint-4"))
     assert fresh.memory.num_rows == meds.memory.num_rows

@@ -68,9 +68,11 @@ def warm_start(model, tok, n: int = 8, seed: int = 0, steps: int = 80, no_answer
 
 
 def accuracy(completions, answer, **kwargs):
-    """1.0 when the text after the last marker starts with the right number, else 0.0."""
+    """1.0 when the text after the last marker starts with the right number, else 0.0 (chat completions: the
+    last message's content)."""
     out = []
     for c, a in zip(completions, answer):
+        c = c[-1]["content"] if isinstance(c, list) else c
         tail = c.rsplit(MARKER, 1)
         out.append(1.0 if len(tail) == 2 and tail[1].split()[:1] == [a] else 0.0)
     return out
