@@ -190,18 +190,25 @@ def verdicts(stock: dict, meds: dict) -> list[dict]:
         else:
             verdict = "REGRESSION"
         rows.append({"test": test, "stock": s, "meds": m, "verdict": verdict,
+                     "stock_reason": stock.get(nodeid, {}).get("reason", "") if s != "pass" else "",
                      "meds_reason": meds.get(nodeid, {}).get("reason", "") if m not in ("pass", s) else "",
                      "penalised": meds.get(nodeid, {}).get("meds_penalised"),
                      "scored": meds.get(nodeid, {}).get("meds_rollouts")})
     return rows
 
 
+def _cell(text: str, limit: int = 160) -> str:
+    text = " ".join(text.replace("|", "/").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def table(rows: list[dict]) -> str:
     out = ["| test | stock | MEDS | MEDS penalised / scored | verdict |", "|---|---|---|---|---|"]
     for r in rows:
         pen = "" if r["scored"] is None else f"{r['penalised']} / {r['scored']}"
-        why = f" ({r['meds_reason']})" if r["meds_reason"] else ""
-        out.append(f"| `{r['test']}` | {r['stock']} | {r['meds']}{why} | {pen} | {r['verdict']} |")
+        s_why = f" ({_cell(r['stock_reason'])})" if r["stock_reason"] else ""
+        m_why = f" ({_cell(r['meds_reason'])})" if r["meds_reason"] else ""
+        out.append(f"| `{r['test']}` | {r['stock']}{s_why} | {r['meds']}{m_why} | {pen} | {r['verdict']} |")
     return "\n".join(out)
 
 
