@@ -23,7 +23,7 @@ pytest.importorskip("trl")
 import torch  # noqa: E402
 import trl_standins as standins  # noqa: E402
 
-from meds_core.config import MEDSConfig  # noqa: E402
+from meds_core import MEDSConfig  # noqa: E402
 
 MARKER = standins.FILLER_MARKER
 STEPS = 2
@@ -48,8 +48,9 @@ def _dataset(config: str = "standard_prompt_only"):
 
 
 def _run(meds: bool, tmp_path, reward_funcs, dataset=None, trainer_kwargs=None, **args):
-    from meds_core.adapters.trl import MEDSGRPOTrainer
     from trl import GRPOConfig, GRPOTrainer
+
+    from meds_core.adapters.trl import MEDSGRPOTrainer
 
     config = dict(output_dir=str(tmp_path / ("meds" if meds else "stock")), learning_rate=0.1,
                   per_device_train_batch_size=3, num_generations=3, max_completion_length=8, max_steps=STEPS,
