@@ -397,6 +397,10 @@ class ErrorMemory:
                 old.append(None)
             want.append(w == 0 and n > _INCREMENTAL_FROM)
             wait.append(w)
+        if not any(want) and all(o is None for o in old):  # nothing to update or build: the plain full engine
+            for (slot, _, _), w in zip(staged, wait):
+                slot.mst, slot.mst_wait = None, w
+            return self._engine.cluster(problems, self._params)
         labels, msts = self._engine.cluster_incremental(problems, n_old, old, self._params, drop, want)
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
