@@ -240,3 +240,23 @@ def test_correctness_without_acc_warns_once_and_uses_the_score_sign():
         out = correctness(extra, outcome, "acc", [False, False, False, True])
     assert len(record) == 1
     np.testing.assert_array_equal(out, [1, 1, 0, -1])  # acc wins over the score; padding is -1
+
+
+def test_real_init_and_resource_pool_put_the_meds_worker_in_every_actor_role(tmp_path):
+    """veRL's own ``PPOTrainer.__init__`` and ``_init_resource_pool_mgr`` run (no ``object.__new__``)."""
+    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
+    from verl.trainer.ppo.utils import Role
+
+    cfg = _config(tmp_path, **{"meds.penalty_coef": 0.3, "meds_trainer.correct_key": "score_ok"})
+    trainer = MEDSTrainerSync(cfg)
+    assert trainer.config is cfg and trainer.trainer_mode == "sync" and trainer.replay_buffer is not None  # veRL's
+    assert trainer.meds_config.penalty_coef == 0.3 and trainer.meds_settings.correct_key == "score_ok"
+    assert trainer.meds_memory.config == trainer.meds_config and trainer.meds_memory.num_rows == 0
+    assert trainer._meds_no_answer == {}
+    trainer._init_resource_pool_mgr()
+    actor_roles = [r for r in (Role.ActorRollout, Role.ActorRolloutRef, Role.Actor) if r in trainer.role_worker_mapping]
+    assert actor_roles and all(r in trainer.mapping for r in actor_roles)
+    for role in actor_roles:
+        assert trainer.role_worker_mapping[role].__ray_actor_class__ is MEDSActorRolloutRefWorker, role
+    with pytest.raises(ValueError, match=r"use_last_n_layers=0"):
+        MEDSTrainerSync(_config(tmp_path, **{"meds.use_last_n_layers": 0}))
