@@ -244,8 +244,9 @@ def test_correctness_without_acc_warns_once_and_uses_the_score_sign():
 
 def test_real_init_and_resource_pool_put_the_meds_worker_in_every_actor_role(tmp_path):
     """veRL's own ``PPOTrainer.__init__`` and ``_init_resource_pool_mgr`` run (no ``object.__new__``)."""
-    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
     from verl.trainer.ppo.utils import Role
+
+    from meds_core.adapters.verl.worker import MEDSActorRolloutRefWorker
 
     cfg = _config(tmp_path, **{"meds.penalty_coef": 0.3, "meds_trainer.correct_key": "score_ok"})
     trainer = MEDSTrainerSync(cfg)
