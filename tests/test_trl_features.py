@@ -102,12 +102,12 @@ def test_model_written_answers_skip_tool_written_markers():
     from meds_core.adapters.trl.batch import model_written_answers
 
     tok = T.toy_tokenizer()
-    ids = tok(f"{T.MARKER} 7 }} so {T.MARKER} 9 }} <eos>")["input_ids"]  # model: [0, 4), tool: [4, 9)
-    mask = [1, 1, 1, 1, 0, 0, 0, 0, 0]
-    starts, targets = model_written_answers(tok, [ids, ids, ids], T.MARKER, [mask, [1] * 9, [0] * 9])
-    assert starts.tolist() == [1, 6, -1] and targets.tolist() == [T.VOCAB.index("7"), T.VOCAB.index("9"), -1]
+    ids = tok(f"{T.MARKER} 7 }} so {T.MARKER} 9 }} <eos>")["input_ids"]  # model: [0, 3), tool: [3, 8)
+    mask = [1, 1, 1, 0, 0, 0, 0, 0]
+    starts, targets = model_written_answers(tok, [ids, ids, ids], T.MARKER, [mask, [1] * 8, [0] * 8])
+    assert starts.tolist() == [1, 5, -1] and targets.tolist() == [T.VOCAB.index("7"), T.VOCAB.index("9"), -1]
     # a marker the model wrote whose answer a tool wrote is no answer of the model's
-    starts, _ = model_written_answers(tok, [ids], T.MARKER, [[1, 0, 0, 0, 0, 0, 0, 0, 0]])
+    starts, _ = model_written_answers(tok, [ids], T.MARKER, [[1, 0, 0, 0, 0, 0, 0, 0]])
     assert starts.tolist() == [-1]
 
 
