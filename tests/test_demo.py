@@ -170,18 +170,18 @@ def test_mixtures_are_distributions_with_unequal_error_modes():
 
 
 # ------------------------------------------------------------------------------------------------ metrics
-def test_repeated_error_rate_hand_computed():
+def test_repeated_wrong_answer_rate_hand_computed():
     steps = [1, 1, 2, 2, 3, 3]
     prompts = [0, 0, 0, 0, 0, 1]
     answers = ["a", "a", "a", "b", "b", "a"]
     wrong = [True, True, True, True, True, True]
     # step 1: a, a (same step: not earlier) -> 0/2; step 2: a repeats, b new -> 1/2; step 3: b repeats, prompt 1's
     # a is new (other prompt) -> 1/2
-    assert M.repeated_error_rate(steps, prompts, answers, wrong) == pytest.approx(2 / 6)
-    assert M.repeated_error_rate(steps, prompts, answers, wrong, from_step=2) == pytest.approx(2 / 4)
+    assert M.repeated_wrong_answer_rate(steps, prompts, answers, wrong) == pytest.approx(2 / 6)
+    assert M.repeated_wrong_answer_rate(steps, prompts, answers, wrong, from_step=2) == pytest.approx(2 / 4)
     # a correct sample is neither counted nor remembered
-    assert M.repeated_error_rate([1, 2], [0, 0], ["a", "a"], [False, True]) == 0.0
-    assert math.isnan(M.repeated_error_rate([1], [0], ["a"], [False]))
+    assert M.repeated_wrong_answer_rate([1, 2], [0, 0], ["a", "a"], [False, True]) == 0.0
+    assert math.isnan(M.repeated_wrong_answer_rate([1], [0], ["a"], [False]))
 
 
 def test_top_wrong_distinct_and_group_entropy_hand_computed():

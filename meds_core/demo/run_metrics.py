@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def repeated_error_rate(steps: Sequence[int], prompt_ids: Sequence[int], answers: Sequence[str],
+def repeated_wrong_answer_rate(steps: Sequence[int], prompt_ids: Sequence[int], answers: Sequence[str],
                         wrong: Sequence[bool], from_step: int = 0) -> float:
     """Share of wrong samples (at steps >= ``from_step``) whose answer was already produced WRONGLY for the same
     prompt at an EARLIER step (any earlier step, also before ``from_step``). NaN without wrong samples counted.

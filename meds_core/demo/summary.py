@@ -55,8 +55,8 @@ def run_summary(log: RunLog, steps: int) -> dict[str, float]:
     return {
         "acc_final": last["acc"],
         "acc_auc": float(np.mean([e["acc"] for e in log.evals])),
-        "rep_rate": M.repeated_error_rate(s["step"], s["prompt_id"], s["answer"], wrong),
-        "rep_late": M.repeated_error_rate(s["step"], s["prompt_id"], s["answer"], wrong, from_step=half),
+        "rep_rate": M.repeated_wrong_answer_rate(s["step"], s["prompt_id"], s["answer"], wrong),
+        "rep_late": M.repeated_wrong_answer_rate(s["step"], s["prompt_id"], s["answer"], wrong, from_step=half),
         "top_wrong": M.top_wrong_share(pick(s["prompt_id"]), pick(s["answer"]), pick(wrong)),
         "top_wrong_exact": last["top_wrong"],
         "entropy": last["entropy"],
