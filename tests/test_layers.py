@@ -2,7 +2,8 @@
 
 * Layers point one way: the core (``step``, ``clustering``, ``evaluation``, ``inspection``) never imports
   ``adapters``, ``demo`` or the CLI; ``adapters`` never import ``demo`` or the CLI. Inside the core, ``clustering``
-  imports nothing else of the package, and ``step`` never imports ``evaluation`` or ``inspection``.
+  imports nothing else of the package, and ``step`` never imports ``evaluation`` or ``inspection``. ``testing``
+  (tiny models, the reference step) sits beside the core: only ``demo``, tests and benchmarks import it.
 * No module takes a private name (a module or symbol whose name starts with ``_``) from another subpackage.
 
 Imports inside functions (lazy imports) count the same as module-level ones.
@@ -20,12 +21,16 @@ ROOT = Path(__file__).resolve().parents[1] / "meds_core"
 # What each layer may not import (prefixes of module names).
 FORBIDDEN = {
     "meds_core.clustering": ("meds_core.step", "meds_core.evaluation", "meds_core.inspection", "meds_core.adapters",
-                             "meds_core.demo", "meds_core.cli"),
+                             "meds_core.demo", "meds_core.cli", "meds_core.testing"),
     "meds_core.step": ("meds_core.evaluation", "meds_core.inspection", "meds_core.adapters", "meds_core.demo",
-                       "meds_core.cli"),
-    "meds_core.evaluation": ("meds_core.inspection", "meds_core.adapters", "meds_core.demo", "meds_core.cli"),
-    "meds_core.inspection": ("meds_core.evaluation", "meds_core.adapters", "meds_core.demo", "meds_core.cli"),
-    "meds_core.adapters": ("meds_core.demo", "meds_core.cli"),
+                       "meds_core.cli", "meds_core.testing"),
+    "meds_core.evaluation": ("meds_core.inspection", "meds_core.adapters", "meds_core.demo", "meds_core.cli",
+                             "meds_core.testing"),
+    "meds_core.inspection": ("meds_core.evaluation", "meds_core.adapters", "meds_core.demo", "meds_core.cli",
+                             "meds_core.testing"),
+    "meds_core.adapters": ("meds_core.demo", "meds_core.cli", "meds_core.testing"),
+    "meds_core.testing": ("meds_core.evaluation", "meds_core.inspection", "meds_core.adapters", "meds_core.demo",
+                          "meds_core.cli"),
 }
 
 def _modules() -> dict[str, Path]:
