@@ -45,12 +45,14 @@ _current: list[str] = [""]
 def meds_config():
     from meds_core import MEDSConfig
 
-    return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS)
+    # 'both': TRL's test rewards often rate every completion alike (all "correct"), so penalise both groups to make
+    # sure the MEDS run really shapes
+    return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS, cluster_penalty_target="both")
 
 
 def _meds_trainer_class():
     from meds_core.adapters.trl import MEDSGRPOTrainer
-    from meds_core.adapters.trl import trainer as trainer_module
+    from meds_core.adapters.trl import meds_state as step_module  # where both TRL paths call meds_step
 
     class MEDSGRPOTrainerUnderTRLTests(MEDSGRPOTrainer):
         """``MEDSGRPOTrainer`` with the harness's ``meds_config`` as default (the tests pass none)."""
@@ -59,7 +61,7 @@ def _meds_trainer_class():
             kwargs.setdefault("meds_config", meds_config())
             super().__init__(*args, **kwargs)
 
-    step = trainer_module.meds_step
+    step = step_module.meds_step
 
     def counted_meds_step(*args, **kwargs):
         out = step(*args, **kwargs)
@@ -68,7 +70,7 @@ def _meds_trainer_class():
         seen[1] += int(np.count_nonzero(out.penalty))
         return out
 
-    trainer_module.meds_step = counted_meds_step
+    step_module.meds_step = counted_meds_step
     return MEDSGRPOTrainerUnderTRLTests
 
 
