@@ -258,10 +258,11 @@ def test_two_processes_hold_identical_memories_and_apply_identical_penalties(tmp
 def test_penalty_reward_on_a_stock_trainer_matches_the_trainer(tmp_path):
     from trl import GRPOTrainer
 
-    ref = make(tmp_path / "a", max_steps=4, save_strategy="steps", save_steps=4)
+    # two prompts, so each one's memory grows every step and penalties are applied
+    ref = make(tmp_path / "a", max_steps=4, save_strategy="steps", save_steps=4, dataset=T.toy_dataset(2))
     ref.train()
     meds = MEDSPenaltyReward(T.accuracy, CONFIG)
-    stock = make(tmp_path / "b", cls=GRPOTrainer, reward_funcs=[T.accuracy, meds],
+    stock = make(tmp_path / "b", cls=GRPOTrainer, reward_funcs=[T.accuracy, meds], dataset=T.toy_dataset(2),
                  callbacks=[meds.checkpoint_callback()], max_steps=4, save_strategy="steps", save_steps=4)
     meds.bind(stock)
     stock.train()
