@@ -37,7 +37,8 @@ import numpy as np
 import torch
 import transformers
 
-from meds_core import FeatureCapture, MEDSConfig, _native_ops
+from meds_core import FeatureCapture, MEDSConfig
+from meds_core.step import _native_ops
 from meds_core.step.capture import _dot_rows
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -102,10 +102,7 @@ NOT_RUN = {
 # Tests that pass stock and fail with MEDS on purpose (substring of the test id -> reason).
 DELIBERATE_DIFFERENCES: dict[str, str] = {}
 # Known adapter bugs being fixed on another branch (substring of the test id -> what is pending).
-PENDING = {
-    "test_train_with_environment_owned_reward": "pending the metrics fix on branch issue-17a (the adapter logs "
-                                                "shaped rewards under TRL's rewards/<name>/mean)",
-}
+PENDING: dict[str, str] = {}
 
 
 def fetch_tests(commit: str, cache: str) -> str:

@@ -110,7 +110,7 @@ def test_inspect_top_must_be_positive(top, tmp_path, capsys):
 
 
 def test_corrupt_memory_file_is_one_line_and_debug_shows_the_traceback(tmp_path, capsys):
-    from meds_core.step._memory_io import MemoryFileError
+    from meds_core import MemoryFileError
 
     mem = tmp_path / "m.bin"
     mem.write_bytes(b"not a memory file at all")

@@ -7,9 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from meds_core import ErrorMemory, MEDSConfig
+from meds_core import ErrorMemory, MEDSConfig, MemoryFileError
 from meds_core.clustering import get_backend
-from meds_core.step._memory_io import MemoryFileError
 from meds_core.testing import ReferenceMemory, blob_stream, registered_backend
 
 
