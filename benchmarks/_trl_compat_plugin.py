@@ -45,9 +45,10 @@ _current: list[str] = [""]
 def meds_config():
     from meds_core import MEDSConfig
 
-    # 'both': TRL's test rewards often rate every completion alike (all "correct"), so penalise both groups to make
-    # sure the MEDS run really shapes
-    return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS, cluster_penalty_target="both")
+    # TRL's test rewards often rate every completion of a group alike (e.g. by length: all "correct"), so shape every
+    # group and penalise both correctness groups, to make sure the MEDS run really shapes
+    return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS, cluster_penalty_target="both",
+                      mixed_groups_only=False)
 
 
 def _meds_trainer_class():
