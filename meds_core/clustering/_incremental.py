@@ -88,6 +88,28 @@ def _prim_on_tree(n, tu, tv, tw):
 
 
 @kernel
+def _bridging(parent, u, v, lo, hi):
+    """How many edges (u[z], v[z]), z in [lo, hi), join two different components of ``parent`` (nothing linked)."""
+    c = 0
+    for z in range(lo, hi):
+        c += _root(parent, u[z]) != _root(parent, v[z])
+    return c
+
+
+@kernel
+def _link_run(parent, u, v, w, lo, hi, tu, tv, tw, t):
+    """Kruskal over edges z in [lo, hi) in order: link each edge that joins two components and append it to the tree
+    arrays (tu, tv, tw) at position t. Returns the new tree length."""
+    for z in range(lo, hi):
+        a, b = _root(parent, u[z]), _root(parent, v[z])
+        if a != b:
+            parent[a] = b
+            tu[t], tv[t], tw[t] = u[z], v[z], w[z]
+            t += 1
+    return t
+
+
+@kernel
 def _kruskal_merge(n, au, av, aw, bu, bv, bw):
     """Kruskal over two edge lists, each sorted by weight ascending (au, av [A] int64, aw [A] f64 squared; same for
     b), merged on the fly, one class of bit-equal weights at a time. -> (tu, tv [t] int64, tw [t] f64 in weight order,
@@ -106,27 +128,11 @@ def _kruskal_merge(n, au, av, aw, bu, bv, bw):
             i1 += 1
         while j1 < B and bw[j1] == wq:
             j1 += 1
-        usable = 0
-        for z in range(i, i1):
-            usable += _root(parent, au[z]) != _root(parent, av[z])
-        for z in range(j, j1):
-            usable += _root(parent, bu[z]) != _root(parent, bv[z])
-        added = 0
-        for z in range(i, i1):
-            a, b = _root(parent, au[z]), _root(parent, av[z])
-            if a != b:
-                parent[a] = b
-                tu[t], tv[t], tw[t] = au[z], av[z], aw[z]
-                t += 1
-                added += 1
-        for z in range(j, j1):
-            a, b = _root(parent, bu[z]), _root(parent, bv[z])
-            if a != b:
-                parent[a] = b
-                tu[t], tv[t], tw[t] = bu[z], bv[z], bw[z]
-                t += 1
-                added += 1
-        if usable != added:
+        usable = _bridging(parent, au, av, i, i1) + _bridging(parent, bu, bv, j, j1)
+        t0 = t
+        t = _link_run(parent, au, av, aw, i, i1, tu, tv, tw, t)
+        t = _link_run(parent, bu, bv, bw, j, j1, tu, tv, tw, t)
+        if usable != t - t0:
             return tu[:t], tv[:t], tw[:t], False
         i, j = i1, j1
     return tu[:t], tv[:t], tw[:t], True
