@@ -7,8 +7,11 @@ CI run executes the kernels. The simulator runs each GPU thread as a Python thre
 import logging
 import subprocess
 import sys
+import threading
+import time
 import warnings
 
+import numba
 import numpy as np
 import pytest
 
@@ -27,7 +30,12 @@ from meds_core.clustering import (  # noqa: E402
     hdbscan_batch,
     resolve_backend,
 )
-from meds_core.clustering._cuda_engine import hdbscan_batch_cuda, knn_vote_packed_cuda, mst_edges_cuda  # noqa: E402
+from meds_core.clustering._cuda_engine import (  # noqa: E402
+    check_prim_edges,
+    hdbscan_batch_cuda,
+    knn_vote_packed_cuda,
+    mst_edges_cuda,
+)
 from meds_core.clustering._engine import mst_edges  # noqa: E402
 from meds_core.clustering._vote import knn_vote_packed, knn_vote_packed_for, knn_vote_packed_numba  # noqa: E402
 
@@ -88,6 +96,71 @@ def test_mst_edges_equal_the_cpu_engine_edge_for_edge(min_samples):
     problems[1][5] = problems[1][9]  # a duplicate row: zero distance
     for (s, d, w), (s0, d0, w0) in zip(mst_edges_cuda(problems, min_samples), mst_edges(problems, min_samples)):
         assert np.array_equal(s, s0) and np.array_equal(d, d0) and np.array_equal(w, w0)  # bit-equal weights
+
+
+def _packed_cpu_mst(problems, min_samples):
+    """The CPU engine's MSTs packed as the device returns them: src, dst, weight_sq [E], n, edges [P]."""
+    parts = mst_edges(problems, min_samples)
+    n = np.array([len(x) for x in problems], dtype=np.int64)
+    return (np.concatenate([s for s, _, _ in parts]), np.concatenate([d for _, d, _ in parts]),
+            np.concatenate([w for _, _, w in parts]) ** 2, n, np.where(n >= 2, n - 1, 0))
+
+
+def test_device_mst_check_passes_trees_and_names_the_first_bad_edge():
+    problems = [ties(3, 24, 3), blobs(1, 1), blobs(4, 28), np.empty((0, 3)), blobs(7, 3)]
+    src, dst, w, n, edges = _packed_cpu_mst(problems, 2)
+    check_prim_edges(src, dst, w, n, edges)  # the CPU engine's Prim trees pass
+    first = 23  # problem 2's first edge (problem 0 has 23 edges, problem 1 none)
+    corruptions = {
+        "row out of range": lambda s, d, w: d.__setitem__(first + 4, 28),
+        "a row joined twice": lambda s, d, w: d.__setitem__(first + 4, d[first + 3]),
+        "row 0 joined": lambda s, d, w: d.__setitem__(first, 0),
+        "source joined later": lambda s, d, w: s.__setitem__(first + 2, d[first + 9]),
+        "garbage index": lambda s, d, w: s.__setitem__(first + 2, 4616925205031041879),
+        "NaN weight": lambda s, d, w: w.__setitem__(first + 1, np.nan),
+    }
+    for what, corrupt in corruptions.items():
+        s, d, ww = src.copy(), dst.copy(), w.copy()
+        corrupt(s, d, ww)
+        with pytest.raises(_gpu.GPUResultError, match=r"the GPU's MST is not a tree: edge \d+ of problem 2 "):
+            check_prim_edges(s, d, ww, n, edges)
+        assert _gpu.is_gpu_failure(_gpu.GPUResultError(what))  # so the cuda backend falls back to the CPU engine
+
+
+class _SlowShape:
+    """A shape that sleeps while numpy reads it: a thread switch then lands between the simulator's lookup of a
+    block's shared array and its store (the window of the race tests/_cudasim.py closes)."""
+
+    def __init__(self, *dims):
+        self.dims = dims
+
+    def __len__(self):
+        return len(self.dims)
+
+    def __getitem__(self, i):
+        time.sleep(0.01)
+        return self.dims[i]
+
+
+def test_simulator_gives_every_thread_of_a_block_the_same_shared_array():
+    if not numba.config.ENABLE_CUDASIM:
+        pytest.skip("a real GPU: shared memory is the hardware's")
+    import _cudasim
+    from numba.cuda.simulator import kernelapi
+
+    assert _cudasim.install()  # conftest installed it already: installing again is a no-op
+    shared, barrier, got = kernelapi.FakeCUDAShared(0), threading.Barrier(8), []
+
+    def thread():
+        barrier.wait()
+        got.append(shared.array(_SlowShape(2, 4), numba.float64))
+
+    threads = [threading.Thread(target=thread) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(got) == 8 and all(a is got[0] for a in got) and got[0].shape == (2, 4)
 
 
 def test_device_inputs_need_no_host_copy_and_give_the_same_labels():

@@ -20,6 +20,7 @@ from meds_core.clustering._cuda_jit import THREADS, kernel
 from meds_core.clustering._cuda_mst import prim_kernel
 from meds_core.clustering._cuda_vote import knn_vote_kernel
 from meds_core.clustering._engine import _balanced_order, _check_offsets, _check_params, _pack, _raise_if_bad
+from meds_core.clustering._gpu import GPUResultError
 
 
 @kernel
@@ -129,7 +130,50 @@ def _device_mst(XT, offsets: np.ndarray, min_samples: int, min_rows: int):
     src, dst, w = cuda.device_array(E, np.int64), cuda.device_array(E, np.int64), cuda.device_array(E)
     prim_kernel[P, THREADS](XT, d_offsets, order, core, min_rows, cuda.to_device(edge_offsets), key, via, done,
                             src, dst, w)
-    return src.copy_to_host(), dst.copy_to_host(), w.copy_to_host(), edge_offsets
+    src, dst, w = src.copy_to_host(), dst.copy_to_host(), w.copy_to_host()
+    check_prim_edges(src, dst, w, n, edges)
+    return src, dst, w, edge_offsets
+
+
+def check_prim_edges(src: np.ndarray, dst: np.ndarray, weight_sq: np.ndarray, n: np.ndarray,
+                     edges: np.ndarray) -> None:
+    """Raise :class:`GPUResultError` unless the packed edges are, for every problem, a spanning tree in Prim's joining
+    order, before the host's tree stage (compiled without bounds checks) reads them.
+
+    Parameters
+    ----------
+    src, dst : np.ndarray
+        [E] int64, rows within their problem; problem p owns the next ``edges[p]`` edges.
+    weight_sq : np.ndarray
+        [E] float64, must be finite and >= 0.
+    n, edges : np.ndarray
+        [P] int64: rows per problem and its edge count (``n - 1`` or 0).
+
+    What holds for Prim's output and is checked, in O(E): each problem's ``dst`` are its rows 1..n-1, each once (row 0
+    starts the tree), and each ``src`` is row 0 or a row joined earlier; so the edges connect all n rows with n - 1
+    edges and no cycle.
+    """
+    if not len(src):
+        return
+    p = np.repeat(np.arange(len(n)), edges)
+    size = n[p]
+    ok = (src >= 0) & (src < size) & (dst > 0) & (dst < size) & np.isfinite(weight_sq) & (weight_sq >= 0)
+    if ok.all():
+        base = np.zeros(len(n), dtype=np.int64)
+        np.cumsum(n[:-1], out=base[1:])
+        row = base[p] + dst  # packed row joined by each edge
+        joined_at = np.full(int(n.sum()), -1, dtype=np.int64)
+        joined_at[row] = np.arange(len(row))
+        first = np.zeros(len(n), dtype=np.int64)
+        np.cumsum(edges[:-1], out=first[1:])
+        step = np.arange(len(row)) - first[p]  # the edge's position within its problem
+        src_at = np.where(src == 0, -1, joined_at[base[p] + src] - first[p])
+        ok = (joined_at[row] == np.arange(len(row))) & (src_at < step)  # dst joined once; src joined before dst
+    if not ok.all():
+        bad = int(np.flatnonzero(~ok)[0])
+        raise GPUResultError(f"the GPU's MST is not a tree: edge {bad} of problem {int(p[bad])} (n = {int(n[p[bad]])}) "
+                             f"joins row {int(dst[bad])} through row {int(src[bad])} at squared weight "
+                             f"{float(weight_sq[bad])!r}; the device result is discarded.")
 
 
 def hdbscan_batch_cuda(problems, min_cluster_size: int = 5, min_samples: int | None = None,

@@ -19,6 +19,11 @@ class GPUFallbackWarning(RuntimeWarning):
     """A GPU clustering step failed (out of memory, launch failure, no usable GPU) and ran on the CPU engine."""
 
 
+class GPUResultError(RuntimeError):
+    """The GPU returned a result that cannot be right (e.g. MST edges that do not form a tree): checked before the host
+    uses it, so that a faulty device gives this error (and the CPU fall-back) instead of a crash on the host."""
+
+
 def cuda_status(refresh: bool = False) -> dict:
     """Whether the ``cuda`` clustering backend can run here, decided once per process (``refresh`` re-checks).
 
@@ -71,7 +76,7 @@ def on_gpu(data) -> bool:
 
 def is_gpu_failure(exc: BaseException) -> bool:
     """An error of the GPU itself (out of memory, launch or driver failure, no device), as opposed to bad input."""
-    if isinstance(exc, MemoryError):
+    if isinstance(exc, (MemoryError, GPUResultError)):
         return True
     for cls in type(exc).__mro__:
         module, name = cls.__module__ or "", cls.__name__
