@@ -148,3 +148,18 @@ def test_fast_uniqueness_check_equals_tree_walk(seed, n, decimals, dup):
         return
     src, dst, w = mst_one(X, 1)
     assert is_unique_mst_sorted(X, src, dst, w) == is_unique_mst(X, src, dst, w)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.sampled_from([1, 3, 8, 14, 33]),
+       sizes=st.lists(st.integers(0, 300), min_size=1, max_size=8), scale=st.sampled_from([1e-6, 1.0, 1e6]))
+def test_unit_rows_of_all_memories_at_once_equal_per_memory_calls(seed, d, sizes, scale):
+    """ErrorMemory normalises every touched memory's rows in one call; the kept MSTs assume each row's unit vector is
+    the same bits every step, whatever else is normalised with it."""
+    from meds_core.step.memory import _unit_rows
+
+    rng = np.random.default_rng(seed)
+    parts = [(rng.normal(size=(s, d)) * scale).astype(np.float32) for s in sizes]
+    parts[0][:1] = 0.0  # a zero row stays zero
+    whole = _unit_rows(np.concatenate(parts))
+    np.testing.assert_array_equal(whole.view(np.int64), np.concatenate([_unit_rows(p) for p in parts]).view(np.int64))

@@ -232,8 +232,9 @@ class ErrorMemory:
         known = groups >= 0
         valid = finite & known
         batch = self._split_by_memory(keys, feats, groups, valid)
-        label, size = self._assign(batch, B)
-        seconds, calls = self._recluster(batch)
+        stored_unit = self._stored_unit(batch)
+        label, size = self._assign(batch, B, stored_unit)
+        seconds, calls = self._recluster(batch, stored_unit)
         evicted, evicted_rows = self._evict({k for k, _ in batch.keys})
         if B:
             self._dim = feats.shape[1]  # fixed by the first non-empty update that succeeds
@@ -297,9 +298,22 @@ class ErrorMemory:
         return _Batch([(key_of[c >> 1], c & 1) for c in uniq[appear].tolist()], np.bincount(mem, minlength=len(uniq)),
                       rows, grouped, _unit_rows(grouped))
 
-    def _assign(self, batch: _Batch, B: int) -> tuple[np.ndarray, np.ndarray]:
+    def _stored_unit(self, batch: _Batch) -> list[np.ndarray | None]:
+        """L2-normalised float64 rows [n_i, F] of every touched memory's stored rows (None for a memory not stored
+        yet), from ONE :func:`_unit_rows` call over all of them: it is row-wise, so each row comes out bit for bit as
+        from a call on its own memory (tests check this). Used by the vote and, for the kept rows, the clustering."""
+        slots = [self._slots.get(mk) for mk in batch.keys]
+        have = [s for s in slots if s is not None and s.n]
+        if not have or self.config.cluster_method == "single":
+            return [None] * len(slots)
+        unit = _unit_rows(np.concatenate([s.rows for s in have]))
+        parts = iter(np.split(unit, np.cumsum([s.n for s in have])[:-1].tolist()))
+        return [next(parts) if s is not None and s.n else None for s in slots]
+
+    def _assign(self, batch: _Batch, B: int, stored_unit: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
         """Steps 1-2: k-NN vote over STORED rows and the size of the voted cluster. -> label, size [B] int64.
-        Rows of first-visited memories and skipped rows keep label -1 and size 0."""
+        Rows of first-visited memories and skipped rows keep label -1 and size 0. ``stored_unit``: from
+        :meth:`_stored_unit`."""
         label = np.full(B, -1, dtype=np.int64)
         size = np.zeros(B, dtype=np.int64)
         slots = [self._slots.get(mk) for mk in batch.keys]
@@ -313,7 +327,7 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        label[rows], size[rows] = self._engine.vote([_unit_rows(s.rows) for s in old],
+        label[rows], size[rows] = self._engine.vote([u for u in stored_unit if u is not None],
                                                     [s.labels.astype(np.int64) for s in old], batch.unit[queries],
                                                     counts, self.config.knn_k)  # same rule, results on every backend
         if self.config.noise_policy == "ignore":
@@ -335,7 +349,7 @@ class ErrorMemory:
             a = b
         return out
 
-    def _recluster(self, batch: _Batch) -> tuple[float, int]:
+    def _recluster(self, batch: _Batch, stored_unit: list[np.ndarray | None]) -> tuple[float, int]:
         """Step 3b: relabel every touched memory with ONE clustering call, then store them. Atomic: if the
         clustering raises, the memory is unchanged."""
         staged = self._staged(batch)
@@ -343,13 +357,11 @@ class ErrorMemory:
             labels = [np.zeros(n, dtype=np.int64) for _, _, n in staged]
             seconds, calls = 0.0, 0
         else:
-            if self.config.l2_normalize:
-                problems = [_unit_rows(s.row_buf[a:a + n]) for s, a, n in staged]
-            else:
-                problems = [s.row_buf[a:a + n].astype(np.float64) for s, a, n in staged]
+            packed, offsets = self._problem_rows(batch, staged, stored_unit)
+            problems = np.split(packed, offsets[1:-1].tolist())
             t0 = time.perf_counter()
             if self._incremental and self._engine.supports_incremental(self._params):
-                labels = self._cluster_incremental(batch, staged, problems)
+                labels = self._cluster_incremental(batch, staged, problems, packed, offsets)
             else:
                 labels = self._engine.cluster(problems, self._params)
                 for slot, _, _ in staged:
@@ -368,8 +380,30 @@ class ErrorMemory:
                     slots[(key, g)] = slots.pop((key, g))
         return seconds, calls
 
+    def _problem_rows(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
+                      stored_unit: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows each touched memory is clustered on after the step, packed: float64 [N, F] (L2-normalised under
+        ``l2_normalize``: the kept stored rows' unit rows from the vote and the batch's, not normalised again) and
+        offsets [M + 1] int64 (memory i: rows offsets[i]:offsets[i + 1])."""
+        pieces, lengths, a = [], [], 0
+        for (slot, start, n), b, old in zip(staged, np.cumsum(batch.counts).tolist(), stored_unit):
+            if self.config.l2_normalize:
+                new = batch.unit[a:b][max(b - a - n, 0):]
+                if n > len(new):
+                    pieces.append(old[len(old) - (n - len(new)):])
+                pieces.append(new)
+            else:
+                pieces.append(slot.row_buf[start:start + n])
+            lengths.append(n)
+            a = b
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if not pieces:
+            return np.empty((0, batch.feats.shape[1]), np.float64), offsets
+        return np.concatenate(pieces).astype(np.float64, copy=False), offsets
+
     def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
-                             problems: list[np.ndarray]) -> list[np.ndarray]:
+                             problems: list[np.ndarray], packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
         recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
         ``max_rows_per_memory``.
@@ -401,7 +435,7 @@ class ErrorMemory:
             for (slot, _, _), w in zip(staged, wait):
                 slot.mst, slot.mst_wait = None, w
             return self._engine.cluster(problems, self._params)
-        labels, msts = self._engine.cluster_incremental(problems, n_old, old, self._params, drop, want)
+        labels, msts = self._engine.cluster_incremental(packed, n_old, old, self._params, drop, want, offsets=offsets)
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
             slot.mst_wait = 8 if (asked and mst is None) else w
