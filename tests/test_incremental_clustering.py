@@ -163,3 +163,22 @@ def test_unit_rows_of_all_memories_at_once_equal_per_memory_calls(seed, d, sizes
     parts[0][:1] = 0.0  # a zero row stays zero
     whole = _unit_rows(np.concatenate(parts))
     np.testing.assert_array_equal(whole.view(np.int64), np.concatenate([_unit_rows(p) for p in parts]).view(np.int64))
+
+
+def test_error_memory_keeps_an_mst_from_a_memory_first_rows():
+    """A new memory's MST grows from the empty one (no full recomputation plus uniqueness check later on); labels
+    stay those of full recomputation at every step."""
+    rng = np.random.default_rng(3)
+    cfg = MEDSConfig(use_last_n_layers=5, backend="numba", min_cluster_size=2, min_samples=1, max_rows_per_memory=40)
+    inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
+    inc._incremental, full._incremental = True, False
+    for step in range(6):
+        keys = np.repeat(np.arange(3), 9)
+        feats = rng.normal(size=(27, 5)).astype(np.float32)
+        correct = np.zeros(27, np.int64)
+        a, b = inc.update(keys, feats, correct), full.update(keys, feats, correct)
+        np.testing.assert_array_equal(a.label, b.label)
+        for k in range(3):
+            np.testing.assert_array_equal(inc.labels(k, 0), full.labels(k, 0), err_msg=f"step {step}")
+            slot = inc._slots[(k, 0)]
+            assert slot.mst is not None and len(slot.mst[0]) == slot.n - 1, f"step {step}: no MST kept"
