@@ -104,7 +104,7 @@ def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
 def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_path, min_samples, monkeypatch):
     import meds_core.step.memory
 
-    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # small memories here: take the incremental path
+    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # rows <= 4: no MST, rebuilt later
     rng = np.random.default_rng(min_samples)
     cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=2 if min_samples == 1 else 5,
                      min_samples=min_samples, max_rows_per_memory=12, max_total_rows=150)
