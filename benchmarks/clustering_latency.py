@@ -446,8 +446,8 @@ def stream(args) -> None:
              f"memory) are timed on k memories (`*k`) of the same state and scaled to P, at n in "
              f"{args.library_sizes}; the `*k` columns are therefore samples, scaled. stall: CPU-pressure share "
              "during the incremental + full pair (0 = no waiting). min_samples > 1 has no incremental path: there "
-             "both columns run full recomputation (MSTs kept 0) and their ratio only shows the measurement noise.",
-             " CPU ms: CPU time of the process during the update (all threads; less sensitive to a co-tenant than "
+             "both columns run full recomputation (MSTs kept 0) and their ratio only shows the measurement noise. "
+             "CPU ms: CPU time of the process during the update (all threads; less sensitive to a co-tenant than "
              "wall time, but it counts numba's threads spinning while they wait for work).",
              "", "| mcs/ms | n | incremental ms | full engine ms | full / incremental | incremental CPU ms "
              "| full CPU ms | full / incremental CPU | hdbscan library loop ms "
