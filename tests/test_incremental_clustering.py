@@ -104,7 +104,7 @@ def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
 def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_path, min_samples, monkeypatch):
     import meds_core.step.memory
 
-    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # small memories here: take the incremental path
+    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # rows <= 4: no MST, rebuilt later
     rng = np.random.default_rng(min_samples)
     cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=2 if min_samples == 1 else 5,
                      min_samples=min_samples, max_rows_per_memory=12, max_total_rows=150)
@@ -148,3 +148,37 @@ def test_fast_uniqueness_check_equals_tree_walk(seed, n, decimals, dup):
         return
     src, dst, w = mst_one(X, 1)
     assert is_unique_mst_sorted(X, src, dst, w) == is_unique_mst(X, src, dst, w)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.sampled_from([1, 3, 8, 14, 33]),
+       sizes=st.lists(st.integers(0, 300), min_size=1, max_size=8), scale=st.sampled_from([1e-6, 1.0, 1e6]))
+def test_unit_rows_of_all_memories_at_once_equal_per_memory_calls(seed, d, sizes, scale):
+    """ErrorMemory normalises every touched memory's rows in one call; the kept MSTs assume each row's unit vector is
+    the same bits every step, whatever else is normalised with it."""
+    from meds_core.step.memory import _unit_rows
+
+    rng = np.random.default_rng(seed)
+    parts = [(rng.normal(size=(s, d)) * scale).astype(np.float32) for s in sizes]
+    parts[0][:1] = 0.0  # a zero row stays zero
+    whole = _unit_rows(np.concatenate(parts))
+    np.testing.assert_array_equal(whole.view(np.int64), np.concatenate([_unit_rows(p) for p in parts]).view(np.int64))
+
+
+def test_error_memory_keeps_an_mst_from_a_memory_first_rows():
+    """A new memory's MST grows from the empty one (no full recomputation plus uniqueness check later on); labels
+    stay those of full recomputation at every step."""
+    rng = np.random.default_rng(3)
+    cfg = MEDSConfig(use_last_n_layers=5, backend="numba", min_cluster_size=2, min_samples=1, max_rows_per_memory=40)
+    inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
+    inc._incremental, full._incremental = True, False
+    for step in range(6):
+        keys = np.repeat(np.arange(3), 9)
+        feats = rng.normal(size=(27, 5)).astype(np.float32)
+        correct = np.zeros(27, np.int64)
+        a, b = inc.update(keys, feats, correct), full.update(keys, feats, correct)
+        np.testing.assert_array_equal(a.label, b.label)
+        for k in range(3):
+            np.testing.assert_array_equal(inc.labels(k, 0), full.labels(k, 0), err_msg=f"step {step}")
+            slot = inc._slots[(k, 0)]
+            assert slot.mst is not None and len(slot.mst[0]) == slot.n - 1, f"step {step}: no MST kept"

@@ -511,7 +511,7 @@ def test_other_feature_settings_refuse_to_load_unless_strict_false(tmp_path, nam
 def test_stored_form_is_float32_rows_and_int32_labels_only(monkeypatch):
     import meds_core.step.memory
 
-    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # small memories: keep MSTs here too
+    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # tiny memories keep none: rebuilds too
     memory = ErrorMemory(_config(max_rows_per_memory=40))
     memory._incremental = memory._backend == "numba"  # the incremental path keeps each memory's MST
     for s in blob_stream(3, steps=6):

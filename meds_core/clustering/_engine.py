@@ -189,13 +189,14 @@ register_backend("numba", _numba_factory)
 def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], old_msts: Sequence, min_cluster_size: int,
                         min_samples: int = 1, cluster_selection_method: str = "eom", allow_single_cluster: bool = False,
                         cluster_selection_epsilon: float = 0.0, want_state: Sequence[bool] | None = None,
-                        drop: Sequence[int] | None = None) -> tuple[list[np.ndarray], list]:
+                        drop: Sequence[int] | None = None, offsets: np.ndarray | None = None,
+                        check_finite: bool = True) -> tuple[list[np.ndarray], list]:
     """:func:`hdbscan_batch` for a stream step, in one parallel call: labels bit-identical to full recomputation, at
     a cost that follows the new rows where the incremental path applies.
 
     Parameters
     ----------
-    problems : list of ndarray of shape (n_i, d), float64, finite
+    problems : list of ndarray of shape (n_i, d), float64, finite; or ndarray of shape (N, d) with ``offsets``
         Each problem's rows: its ``n_old[i]`` previous rows less the first ``drop[i]`` (FIFO), unchanged and in the
         same order, then the new rows.
     n_old : sequence of int
@@ -210,6 +211,10 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     want_state : sequence of bool, optional
         Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check). Default all
         True.
+    offsets : ndarray of shape (P + 1,), int, optional
+        With packed ``problems``: problem i is ``problems[offsets[i]:offsets[i + 1]]`` (no packing copy).
+    check_finite : bool
+        False skips the NaN/inf check, for callers whose rows are finite by construction (``ErrorMemory``).
 
     Returns
     -------
@@ -235,7 +240,7 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
 
     from meds_core.clustering._incremental import incremental_packed
 
-    P = len(problems)
+    P = len(problems) if offsets is None else len(offsets) - 1
     labels: list[np.ndarray] = [np.empty(0, np.int64)] * P
     msts: list = [None] * P
     if P == 0:
@@ -246,8 +251,9 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     dropped = np.zeros(P, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64)
     want = np.ones(P, dtype=np.bool_) if want_state is None else np.asarray(want_state, dtype=np.bool_)
     old = [s if (k >= 0 and s is not None) else empty for k, s in zip(nold.tolist(), old_msts)]
-    for X, offs, members in _pack(problems, None):
-        _check_finite(X, offs, members)
+    for X, offs, members in _pack(problems, offsets):
+        if check_finite:
+            _check_finite(X, offs, members)
         sizes = np.diff(offs)
         g_drop = dropped[members]
         grp_old = [old[i] for i in members.tolist()]

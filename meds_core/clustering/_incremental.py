@@ -128,6 +128,15 @@ def _kruskal_merge(n, au, av, aw, bu, bv, bw):
             i1 += 1
         while j1 < B and bw[j1] == wq:
             j1 += 1
+        if i1 - i + j1 - j == 1:  # a class of one edge (the usual case): no tie, two finds instead of four
+            x, y, wx = (au[i], av[i], aw[i]) if i1 > i else (bu[j], bv[j], bw[j])
+            ra, rb = _root(parent, x), _root(parent, y)
+            if ra != rb:
+                parent[ra] = rb
+                tu[t], tv[t], tw[t] = x, y, wx
+                t += 1
+            i, j = i1, j1
+            continue
         usable = _bridging(parent, au, av, i, i1) + _bridging(parent, bu, bv, j, j1)
         t0 = t
         t = _link_run(parent, au, av, aw, i, i1, tu, tv, tw, t)

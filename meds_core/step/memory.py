@@ -54,7 +54,8 @@ class StepResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-_INCREMENTAL_FROM = 64  # memories above this many rows (after the step) cluster incrementally; see _cluster_incremental
+_INCREMENTAL_FROM = 0  # memories above this many rows (after the step) cluster incrementally; see _cluster_incremental
+_EMPTY_MST = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))  # the MST of no rows
 
 
 def _capacity(keep: int, m: int) -> int:
@@ -151,7 +152,7 @@ class ErrorMemory:
     oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows; then
     least recently visited prompts are evicted whole while more than ``max_total_rows`` rows are stored.
 
-    Re-clustering is incremental where the backend offers it (numba, ``min_samples = 1``, memories above 64 rows):
+    Re-clustering is incremental where the backend offers it (numba, ``min_samples = 1``):
     each memory keeps its MST and a step costs O(n * m * d) for m new rows instead of O(n^2 * d), with labels
     bit-identical to full recomputation (the attribute ``_incremental = False`` switches it off, for comparisons).
     Full recomputation otherwise: other backends (GPU, library loops), ``min_samples > 1``, a memory's first touch
@@ -232,8 +233,9 @@ class ErrorMemory:
         known = groups >= 0
         valid = finite & known
         batch = self._split_by_memory(keys, feats, groups, valid)
-        label, size = self._assign(batch, B)
-        seconds, calls = self._recluster(batch)
+        stored_unit = self._stored_unit(batch)
+        label, size = self._assign(batch, B, stored_unit)
+        seconds, calls = self._recluster(batch, stored_unit)
         evicted, evicted_rows = self._evict({k for k, _ in batch.keys})
         if B:
             self._dim = feats.shape[1]  # fixed by the first non-empty update that succeeds
@@ -297,9 +299,22 @@ class ErrorMemory:
         return _Batch([(key_of[c >> 1], c & 1) for c in uniq[appear].tolist()], np.bincount(mem, minlength=len(uniq)),
                       rows, grouped, _unit_rows(grouped))
 
-    def _assign(self, batch: _Batch, B: int) -> tuple[np.ndarray, np.ndarray]:
+    def _stored_unit(self, batch: _Batch) -> list[np.ndarray | None]:
+        """L2-normalised float64 rows [n_i, F] of every touched memory's stored rows (None for a memory not stored
+        yet), from ONE :func:`_unit_rows` call over all of them: it is row-wise, so each row comes out bit for bit as
+        from a call on its own memory (tests check this). Used by the vote and, for the kept rows, the clustering."""
+        slots = [self._slots.get(mk) for mk in batch.keys]
+        have = [s for s in slots if s is not None and s.n]
+        if not have or self.config.cluster_method == "single":
+            return [None] * len(slots)
+        unit = _unit_rows(np.concatenate([s.rows for s in have]))
+        parts = iter(np.split(unit, np.cumsum([s.n for s in have])[:-1].tolist()))
+        return [next(parts) if s is not None and s.n else None for s in slots]
+
+    def _assign(self, batch: _Batch, B: int, stored_unit: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
         """Steps 1-2: k-NN vote over STORED rows and the size of the voted cluster. -> label, size [B] int64.
-        Rows of first-visited memories and skipped rows keep label -1 and size 0."""
+        Rows of first-visited memories and skipped rows keep label -1 and size 0. ``stored_unit``: from
+        :meth:`_stored_unit`."""
         label = np.full(B, -1, dtype=np.int64)
         size = np.zeros(B, dtype=np.int64)
         slots = [self._slots.get(mk) for mk in batch.keys]
@@ -313,7 +328,7 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        label[rows], size[rows] = self._engine.vote([_unit_rows(s.rows) for s in old],
+        label[rows], size[rows] = self._engine.vote([u for u in stored_unit if u is not None],
                                                     [s.labels.astype(np.int64) for s in old], batch.unit[queries],
                                                     counts, self.config.knn_k)  # same rule, results on every backend
         if self.config.noise_policy == "ignore":
@@ -335,7 +350,7 @@ class ErrorMemory:
             a = b
         return out
 
-    def _recluster(self, batch: _Batch) -> tuple[float, int]:
+    def _recluster(self, batch: _Batch, stored_unit: list[np.ndarray | None]) -> tuple[float, int]:
         """Step 3b: relabel every touched memory with ONE clustering call, then store them. Atomic: if the
         clustering raises, the memory is unchanged."""
         staged = self._staged(batch)
@@ -343,13 +358,11 @@ class ErrorMemory:
             labels = [np.zeros(n, dtype=np.int64) for _, _, n in staged]
             seconds, calls = 0.0, 0
         else:
-            if self.config.l2_normalize:
-                problems = [_unit_rows(s.row_buf[a:a + n]) for s, a, n in staged]
-            else:
-                problems = [s.row_buf[a:a + n].astype(np.float64) for s, a, n in staged]
+            packed, offsets = self._problem_rows(batch, staged, stored_unit)
+            problems = np.split(packed, offsets[1:-1].tolist())
             t0 = time.perf_counter()
             if self._incremental and self._engine.supports_incremental(self._params):
-                labels = self._cluster_incremental(batch, staged, problems)
+                labels = self._cluster_incremental(batch, staged, problems, packed, offsets)
             else:
                 labels = self._engine.cluster(problems, self._params)
                 for slot, _, _ in staged:
@@ -368,8 +381,30 @@ class ErrorMemory:
                     slots[(key, g)] = slots.pop((key, g))
         return seconds, calls
 
+    def _problem_rows(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
+                      stored_unit: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+        """The rows each touched memory is clustered on after the step, packed: float64 [N, F] (L2-normalised under
+        ``l2_normalize``: the kept stored rows' unit rows from the vote and the batch's, not normalised again) and
+        offsets [M + 1] int64 (memory i: rows offsets[i]:offsets[i + 1])."""
+        pieces, lengths, a = [], [], 0
+        for (slot, start, n), b, old in zip(staged, np.cumsum(batch.counts).tolist(), stored_unit):
+            if self.config.l2_normalize:
+                new = batch.unit[a:b][max(b - a - n, 0):]
+                if n > len(new):
+                    pieces.append(old[len(old) - (n - len(new)):])
+                pieces.append(new)
+            else:
+                pieces.append(slot.row_buf[start:start + n])
+            lengths.append(n)
+            a = b
+        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if not pieces:
+            return np.empty((0, batch.feats.shape[1]), np.float64), offsets
+        return np.concatenate(pieces).astype(np.float64, copy=False), offsets
+
     def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
-                             problems: list[np.ndarray]) -> list[np.ndarray]:
+                             problems: list[np.ndarray], packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
         recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
         ``max_rows_per_memory``.
@@ -379,19 +414,25 @@ class ErrorMemory:
         clustering of one 1024-row memory, d = 14, one thread, measured on the shared 2-core machine). A memory
         whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed in full; the rebuild
         is then retried only every 8th touch, so ties do not add the check every step. Memories of at most
-        ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST: there the full engine is as fast (kernel
-        CPU time for P = 512 memories gaining 16 rows, contended machine: full / incremental 0.55 at n = 16, 1.0 at
-        n = 64, 1.4 at n = 128; see benchmarks/results/clustering_latency_stream.md for whole steps); the MST is
-        built on the first touch above it."""
+        ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST (the constant is 0: every memory keeps
+        one); a memory seen for the first time above it starts from the empty MST, so its MST is built incrementally
+        from its first rows and never needs the uniqueness check. Measured (kernel time per memory, one thread,
+        256 memories gaining 16 rows, contended 2-core machine): incremental / full 27 / 16 us at n = 16, 51 / 42 at
+        n = 32, 53 / 47 at n = 48, 63 / 69 at n = 64, 71 / 89 at n = 80; starting the MST at n = 80 instead (full
+        clustering plus the uniqueness check) made that step 1.9x slower than full recomputation in the stream
+        benchmark, more than the small-memory steps lose."""
         n_old, old, drop, want, wait = [], [], [], [], []
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
             gone = (prev.n if prev is not None else 0) + m - n  # oldest rows dropped at the cap
-            drop.append(gone if 0 <= gone and (prev is None or gone <= prev.n) else 0)
+            drop.append(gone if prev is not None and 0 <= gone <= prev.n else 0)
             w = 0 if prev is None else max(prev.mst_wait - 1, 0)
             if prev is not None and prev.mst is not None and 0 <= gone <= prev.n:
                 n_old.append(prev.n)
                 old.append(prev.mst)
+            elif prev is None and n > _INCREMENTAL_FROM:  # a new memory: its MST grows from the empty one
+                n_old.append(0)
+                old.append(_EMPTY_MST)
             else:
                 n_old.append(-1)
                 old.append(None)
@@ -401,7 +442,7 @@ class ErrorMemory:
             for (slot, _, _), w in zip(staged, wait):
                 slot.mst, slot.mst_wait = None, w
             return self._engine.cluster(problems, self._params)
-        labels, msts = self._engine.cluster_incremental(problems, n_old, old, self._params, drop, want)
+        labels, msts = self._engine.cluster_incremental(packed, n_old, old, self._params, drop, want, offsets=offsets)
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
             slot.mst_wait = 8 if (asked and mst is None) else w
