@@ -5,7 +5,7 @@ Loaded with ``-p _trl_compat_plugin`` (this folder on ``PYTHONPATH``); configure
 - ``MEDS_TRL_COMPAT_MODE``: ``stock`` (TRL's ``GRPOTrainer`` untouched) or ``meds``: every collected test module that
   imported ``GRPOTrainer`` gets :class:`MEDSGRPOTrainerUnderTRLTests` under that name instead, so each
   ``GRPOTrainer(...)`` the tests build (and each ``patch.object(GRPOTrainer, ...)``) is a ``MEDSGRPOTrainer`` with
-  :data:`MEDS_CONFIG`. Nothing else in the tests changes.
+  :data:`MEDS_SETTINGS`. Nothing else in the tests changes.
 - ``MEDS_TRL_COMPAT_REPORT``: JSON file rewritten after every test (so a run stopped at a time limit still reports
   the tests it finished): per test id its outcome (``pass``, ``fail``, ``error``, ``skip``, ``xfail``, ``xpass``), a
   one-line reason for non-passes, its seconds, and in MEDS mode, read from
