@@ -358,7 +358,7 @@ def report_md(rows, seconds, commit, source, load_before, load_after, keyword, a
         "Deliberate differences: " + ("none." if not DELIBERATE_DIFFERENCES else ""),
         *[f"- `{k}`: {why}" for k, why in DELIBERATE_DIFFERENCES.items()],
         "",
-        "Pending:",
+        "Pending: " + ("none." if not PENDING else ""),
         *[f"- `{k}`: {why}" for k, why in PENDING.items()],
         "",
     ]
