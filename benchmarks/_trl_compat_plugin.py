@@ -5,10 +5,13 @@ Loaded with ``-p _trl_compat_plugin`` (this folder on ``PYTHONPATH``); configure
 - ``MEDS_TRL_COMPAT_MODE``: ``stock`` (TRL's ``GRPOTrainer`` untouched) or ``meds``: every collected test module that
   imported ``GRPOTrainer`` gets :class:`MEDSGRPOTrainerUnderTRLTests` under that name instead, so each
   ``GRPOTrainer(...)`` the tests build (and each ``patch.object(GRPOTrainer, ...)``) is a ``MEDSGRPOTrainer`` with
-  :data:`MEDS_CONFIG`. Nothing else in the tests changes.
-- ``MEDS_TRL_COMPAT_REPORT``: JSON file written at the end: per test id its outcome (``pass``, ``fail``, ``error``,
-  ``skip``, ``xfail``, ``xpass``), a one-line reason for non-passes, and in MEDS mode how many rollouts MEDS scored
-  and how many got a non-zero penalty (read from :func:`meds_core.step.rl_step.meds_step`'s result, unchanged).
+  :data:`MEDS_SETTINGS`. Nothing else in the tests changes.
+- ``MEDS_TRL_COMPAT_REPORT``: JSON file rewritten after every test (so a run stopped at a time limit still reports
+  the tests it finished): per test id its outcome (``pass``, ``fail``, ``error``, ``skip``, ``xfail``, ``xpass``), a
+  one-line reason for non-passes, its seconds, and in MEDS mode, read from
+  :func:`meds_core.step.rl_step.meds_step`'s result (unchanged): the rollouts MEDS scored and those with a non-zero
+  penalty, the MEDS steps and those with a non-zero penalty, and the mean raw and shaped reward over the rollouts of
+  the penalised steps (so the table shows the shaping was active while TRL's raw metrics were checked).
 
 One shim, for the test file's helper module only: ``trl.import_utils.is_joblib_available`` (imported by TRL's
 ``tests/testing_utils.py`` at the pinned commit, absent from trl 1.16) is added when missing, answering whether
@@ -28,9 +31,10 @@ MODE = os.environ.get("MEDS_TRL_COMPAT_MODE", "stock")
 if MODE not in ("stock", "meds"):
     raise ValueError(f"MEDS_TRL_COMPAT_MODE={MODE!r}: use 'stock' or 'meds'.")
 REPORT = os.environ.get("MEDS_TRL_COMPAT_REPORT")
-# The answer marker is the prefix of the stand-in tokenizer's filler words (tests/trl_standins.py), which a random
-# model writes in nearly every completion; the stand-in models have 2 decoder layers.
-ANSWER_MARKER = " x"
+# The answer marker is a space: every filler word of the stand-in tokenizer (tests/trl_standins.py) starts with one, so
+# a random model writes it in nearly every completion, and so do the tool-call and plain-text completions that TRL's
+# tool and environment tests hard-code (" x" is in none of those). The stand-in models have 2 decoder layers.
+ANSWER_MARKER = " "
 LAYERS = 2
 
 _trl_import_utils = importlib.import_module("trl.import_utils")
@@ -38,17 +42,22 @@ if not hasattr(_trl_import_utils, "is_joblib_available"):
     _trl_import_utils.is_joblib_available = lambda: importlib.util.find_spec("joblib") is not None
 
 _results: dict[str, dict] = {}
-_penalties: dict[str, list[int]] = {}  # test id -> [rollouts scored, rollouts with a non-zero penalty]
+# test id -> [rollouts scored, rollouts penalised, steps, steps penalised, raw sum, shaped sum, rollouts of the
+# penalised steps]
+_penalties: dict[str, list[float]] = {}
 _current: list[str] = [""]
+
+
+# TRL's test rewards often rate every completion of a group alike (e.g. by length: all "correct"), so shape every
+# group and penalise both correctness groups, to make sure the MEDS run really shapes.
+MEDS_SETTINGS = {"answer_marker": ANSWER_MARKER, "use_last_n_layers": LAYERS, "cluster_penalty_target": "both",
+                 "mixed_groups_only": False}
 
 
 def meds_config():
     from meds_core import MEDSConfig
 
-    # TRL's test rewards often rate every completion of a group alike (e.g. by length: all "correct"), so shape every
-    # group and penalise both correctness groups, to make sure the MEDS run really shapes
-    return MEDSConfig(answer_marker=ANSWER_MARKER, use_last_n_layers=LAYERS, cluster_penalty_target="both",
-                      mixed_groups_only=False)
+    return MEDSConfig(**MEDS_SETTINGS)
 
 
 def _meds_trainer_class():
@@ -66,13 +75,29 @@ def _meds_trainer_class():
 
     def counted_meds_step(*args, **kwargs):
         out = step(*args, **kwargs)
-        seen = _penalties.setdefault(_current[0], [0, 0])
+        seen = _penalties.setdefault(_current[0], [0, 0, 0, 0, 0.0, 0.0, 0])
+        penalised = int(np.count_nonzero(out.penalty))
         seen[0] += len(out.penalty)
-        seen[1] += int(np.count_nonzero(out.penalty))
+        seen[1] += penalised
+        seen[2] += 1
+        if penalised:
+            raw = np.asarray(kwargs["rewards"] if "rewards" in kwargs else args[4], dtype=np.float64)
+            ok = np.isfinite(raw)  # None-returning rewards arrive as NaN
+            seen[3] += 1
+            seen[4] += float(raw[ok].sum())
+            seen[5] += float(out.shaped[ok].sum())
+            seen[6] += int(ok.sum())
         return out
 
     step_module.meds_step = counted_meds_step
     return MEDSGRPOTrainerUnderTRLTests
+
+
+_collected: list[str] = []  # the tests selected to run (after -k and --deselect)
+
+
+def pytest_collection_finish(session):
+    _collected[:] = [item.nodeid for item in session.items]
 
 
 def pytest_collection_modifyitems(session, config, items):
@@ -98,7 +123,9 @@ def _reason(report) -> str:
 
 
 def pytest_runtest_logreport(report):
-    entry = _results.setdefault(report.nodeid, {"outcome": "pass", "reason": "", "seconds": 0.0})
+    # "unfinished" until the test's last phase is logged (see pytest_runtest_logfinish): a run stopped at its time
+    # limit mid-test reports that test as unfinished, not as passed
+    entry = _results.setdefault(report.nodeid, {"outcome": "unfinished", "reason": "", "seconds": 0.0})
     entry["seconds"] += float(getattr(report, "duration", 0.0))
     if hasattr(report, "wasxfail"):
         entry["outcome"] = "xfail" if report.skipped else "xpass"
@@ -111,11 +138,30 @@ def pytest_runtest_logreport(report):
         entry["reason"] = _reason(report)
 
 
-def pytest_sessionfinish(session, exitstatus):
+def _write_report(done: bool) -> None:
     if not REPORT:
         return
-    for nodeid, (scored, penalised) in _penalties.items():
+    for nodeid, (scored, penalised, steps, steps_pen, raw, shaped, n) in _penalties.items():
         if nodeid in _results:
-            _results[nodeid].update(meds_rollouts=scored, meds_penalised=penalised)
-    with open(REPORT, "w", encoding="utf-8") as f:
-        json.dump({"mode": MODE, "results": _results}, f, indent=1)
+            _results[nodeid].update(meds_rollouts=scored, meds_penalised=penalised, meds_steps=steps,
+                                    meds_steps_penalised=steps_pen, raw_mean_penalised_steps=raw / n if n else None,
+                                    shaped_mean_penalised_steps=shaped / n if n else None)
+    with open(REPORT + ".part", "w", encoding="utf-8") as f:
+        json.dump({"mode": MODE, "done": done, "collected": _collected, "results": _results}, f, indent=1)
+    os.replace(REPORT + ".part", REPORT)
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _results[nodeid] = {"outcome": "unfinished", "reason": "", "seconds": 0.0}
+    _write_report(done=False)
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    entry = _results.get(nodeid)
+    if entry is not None and entry["outcome"] == "unfinished":
+        entry["outcome"] = "pass"
+    _write_report(done=False)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _write_report(done=True)

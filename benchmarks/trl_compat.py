@@ -27,11 +27,15 @@ Offline stand-ins for the Hub
     both trainers and are listed in :data:`NOT_RUN` instead of being run.
 
 The two runs
-    Each run is one ``pytest`` process with the plugin ``benchmarks/_trl_compat_plugin.py``. In the MEDS run the
-    plugin rebinds ``GRPOTrainer`` in the test module to a ``MEDSGRPOTrainer`` subclass whose only change is the
-    default ``meds_config``: answer marker ``" x"`` (the prefix of the stand-in tokenizer's filler words, so random
-    completions carry it and MEDS really reads features and shapes) and ``use_last_n_layers=2`` (the stand-ins
-    have 2 layers). The plugin counts, per test, the rollouts MEDS scored and those with a non-zero penalty.
+    Each run is one ``pytest`` process with the plugin ``benchmarks/_trl_compat_plugin.py``; the two run side by side
+    (``--sequential``: one after the other), each with one torch thread. In the MEDS run the plugin rebinds
+    ``GRPOTrainer`` in the test module to a ``MEDSGRPOTrainer`` subclass whose only change is the default
+    ``meds_config``: answer marker ``" "`` (a space: every filler word of the stand-in tokenizer starts with one, and
+    so do the tool-call and plain-text completions that the tool and environment tests hard-code, so MEDS reads a
+    feature from nearly every completion and really shapes), ``use_last_n_layers=2`` (the stand-ins have 2 layers),
+    and every group shaped, both correctness groups penalised. The plugin counts, per test, the rollouts and steps
+    MEDS scored and those with a non-zero penalty, and the mean raw and shaped reward over the penalised steps.
+    ``--timeout`` stops a run after that many seconds; the tests it had not finished are reported as not run.
 
 Verdicts
     Every test that passes stock must pass with MEDS, or be listed in :data:`DELIBERATE_DIFFERENCES` (with its
@@ -39,11 +43,11 @@ Verdicts
     script exits 1.
 
 CI
-    CI has no GitHub access, so it cannot fetch TRL's tests. ``tests/test_trl_compat.py`` instead states, in our
-    own words and code, the behaviours of the cheapest training tests of the selection (reward models and
-    functions, conversational prompts, ``num_iterations``, ``steps_per_generation``, ``scale_rewards``,
-    ``loss_type``, ``mask_truncated_completions``, log metrics), and runs each stock and with MEDS side by side on
-    the same stand-ins; this script is the full check.
+    ``tests/test_trl_compat.py`` runs :data:`CI_SELECTION` (the cheapest dozen) through :func:`run_pytest` when TRL's
+    tests can be had (``MEDS_TRL_TESTS_DIR``, this script's cache, or a download), and is skipped with the reason
+    when they cannot (CI reaches package registries only). Its other tests re-state, in our own code, the behaviours
+    of the cheapest training tests of the selection and run each stock and with MEDS side by side on the same
+    stand-ins; this script is the full check.
 
     python benchmarks/trl_compat.py --tests-dir /path/to/trl/tests     # offline copy
     python benchmarks/trl_compat.py                                     # downloads at the pinned commit
@@ -73,17 +77,31 @@ MODULE = "test_grpo_trainer.py"
 # The CPU selection (default): all unit / construction tests of the two small classes, and the GRPOTrainer tests
 # of the TRL features users combine with MEDS. --all runs every test of CLASSES (hours on a shared CPU).
 # TestGRPOTrainerVLM needs vision models and TestGRPOTrainerSlow an accelerator; neither has stand-ins here.
+# pytest runs them in this order, so a run cut short by --timeout has done the cheap unit tests first, then the
+# training tests most telling for MEDS (tool-calling environments, whose rewards TRL's test checks exactly).
 CLASSES = ("TestGetHighEntropyMask", "TestGRPORolloutDispatch", "TestGRPOTrainer")
 SELECTION = (
     "TestGetHighEntropyMask", "TestGRPORolloutDispatch",
     *(f"TestGRPOTrainer::{t}" for t in (
-        "test_init_minimal", "test_train", "test_train_dataset_format", "test_train_multiple_iterations",
-        "test_train_peft_config", "test_train_reward_func_standard", "test_train_sync_and_async_reward_funcs",
-        "test_train_multiple_reward_funcs_with_None_output", "test_train_multiple_reward_funcs_with_weights",
-        "test_train_normalize_then_sum_aggregation", "test_train_scale_rewards",
-        "test_train_with_mask_truncated_completions", "test_train_loss_types", "test_train_with_tools",
-        "test_train_with_environment_factory", "test_train_with_environment_owned_reward",
-        "test_train_reward_func_additional_column", "test_get_off_policy_mask", "test_no_reward_source_raises",
+        "test_init_minimal", "test_get_off_policy_mask", "test_no_reward_source_raises",
+        "test_dataset_required_without_environment", "test_mismatched_reward_processing_classes_length",
+        "test_train_with_environment_owned_reward", "test_train_with_tools", "test_train_with_environment_factory",
+        "test_train_multiple_iterations", "test_train_peft_config", "test_train_with_mask_truncated_completions",
+        "test_train_sync_and_async_reward_funcs", "test_train_multiple_reward_funcs_with_None_output",
+        "test_train_normalize_then_sum_aggregation", "test_train_reward_func_additional_column",
+        "test_train_dataset_format", "test_train_multiple_reward_funcs_with_weights", "test_train_reward_func_standard",
+        "test_train", "test_train_scale_rewards", "test_train_loss_types",
+    )),
+)
+# The cheapest dozen of the selection, all passing stock, that tests/test_trl_compat.py runs with both trainers when
+# TRL's tests can be had (about 1 minute for both runs side by side): the unit tests and construction checks. Every
+# training test of the selection takes minutes per trainer on a CPU (each runs 5 to 9 GRPO steps with Qwen's 151 936-
+# token vocabulary), so none of them fits CI's 5-minute budget.
+CI_SELECTION = (
+    "TestGetHighEntropyMask",
+    "TestGRPORolloutDispatch::test_generate_rollout_func_raises_when_required_keys_are_missing",
+    *(f"TestGRPOTrainer::{t}" for t in (
+        "test_init_minimal", "test_get_off_policy_mask", "test_no_reward_source_raises",
         "test_dataset_required_without_environment", "test_mismatched_reward_processing_classes_length",
     )),
 )
@@ -105,8 +123,10 @@ DELIBERATE_DIFFERENCES: dict[str, str] = {}
 PENDING: dict[str, str] = {}
 
 
-def fetch_tests(commit: str, cache: str) -> str:
-    """Download TRL's test files at ``commit`` into ``<cache>/trl_tests/<commit>/tests`` (once); returns that dir."""
+def fetch_tests(commit: str, cache: str, timeout: float = 60) -> str:
+    """Download TRL's test files at ``commit`` into ``<cache>/trl_tests/<commit>/tests`` (once); returns that dir.
+
+    Raises SystemExit with the fix (``--tests-dir``) when a file cannot be downloaded."""
     folder = os.path.join(cache, "trl_tests", commit, "tests")
     missing = [n for n in TEST_FILES if not os.path.exists(os.path.join(folder, n))]
     if not missing:
@@ -115,7 +135,7 @@ def fetch_tests(commit: str, cache: str) -> str:
     for name in missing:
         url = RAW_URL.format(commit=commit, name=name)
         try:
-            with urllib.request.urlopen(url, timeout=60) as r:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
                 data = r.read()
         except OSError as e:
             raise SystemExit(f"trl_compat: cannot download {url} ({e}); without internet access pass --tests-dir "
@@ -135,31 +155,81 @@ def check_tests_dir(path: str) -> str:
     return path
 
 
-def run_pytest(mode: str, tests_dir: str, mirror: str, ids: list[str], keyword: str | None,
-               timeout: int) -> tuple[dict, float]:
-    """One pytest process over ``ids`` with the plugin in ``mode``; returns (results by test id, seconds)."""
+def _pytest_cmd(tests_dir: str, ids: list[str], keyword: str | None) -> list[str]:
+    module = f"{os.path.basename(tests_dir)}/{MODULE}"
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "_trl_compat_plugin", "-q",
+           "--rootdir", os.path.dirname(tests_dir), "-c", os.devnull, "-W", "ignore::DeprecationWarning",
+           *[os.path.join(tests_dir, MODULE) + "::" + i for i in ids]]
+    cmd += [f"--deselect={module}::TestGRPOTrainer::{k}" for k in NOT_RUN]  # prefix match on the test id
+    if keyword:
+        cmd += ["-k", keyword]
+    return cmd
+
+
+def run_pytest(modes: tuple[str, ...], tests_dir: str, mirror: str, ids: list[str], keyword: str | None,
+               timeout: float, parallel: bool = True) -> tuple[dict, dict]:
+    """One pytest process per mode over ``ids`` with the plugin; side by side when ``parallel``, else one after the
+    other. A process still running after ``timeout`` seconds (of its own) is stopped; the tests it had finished are
+    reported, the rest of its selection as ``not run (time limit)``.
+
+    Returns:
+        results by mode (test id -> outcome record) and seconds by mode.
+    """
+    results, seconds = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        report = os.path.join(tmp, "report.json")
-        # One thread per process: on a shared, oversubscribed CPU, torch's thread pool only adds contention.
-        env = dict(os.environ, MEDS_TRL_COMPAT_MODE=mode, MEDS_TRL_COMPAT_REPORT=report, HF_HUB_OFFLINE="1",
-                   HF_DATASETS_CACHE=os.path.join(mirror, ".datasets_cache"), TOKENIZERS_PARALLELISM="false",
-                   OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
-                   PYTHONPATH=os.pathsep.join(p for p in (HERE, ROOT, os.environ.get("PYTHONPATH")) if p))
-        module = f"{os.path.basename(tests_dir)}/{MODULE}"
-        cmd = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-p", "_trl_compat_plugin", "-q",
-               "--rootdir", os.path.dirname(tests_dir), "-c", os.devnull, "-W", "ignore::DeprecationWarning",
-               *[os.path.join(tests_dir, MODULE) + "::" + i for i in ids]]
-        cmd += [f"--deselect={module}::TestGRPOTrainer::{k}" for k in NOT_RUN]  # prefix match on the test id
-        if keyword:
-            cmd += ["-k", keyword]
-        t0 = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=mirror, env=env, timeout=timeout, capture_output=True, text=True)
-        seconds = time.perf_counter() - t0
-        if not os.path.exists(report):
-            sys.stderr.write(proc.stdout[-4000:] + proc.stderr[-4000:])
-            raise SystemExit(f"trl_compat: the {mode} pytest run wrote no report (exit {proc.returncode}).")
-        with open(report, encoding="utf-8") as f:
-            return json.load(f)["results"], seconds
+        def start(mode):
+            report = os.path.join(tmp, f"{mode}.json")
+            # One thread per process: on a shared, oversubscribed CPU, torch's thread pool only adds contention.
+            env = dict(os.environ, MEDS_TRL_COMPAT_MODE=mode, MEDS_TRL_COMPAT_REPORT=report, HF_HUB_OFFLINE="1",
+                       HF_DATASETS_CACHE=os.path.join(mirror, f".datasets_cache_{mode}"),
+                       TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"),
+                       PYTHONPATH=os.pathsep.join(p for p in (HERE, ROOT, os.environ.get("PYTHONPATH")) if p))
+            log = open(os.path.join(tmp, f"{mode}.log"), "w+", encoding="utf-8")
+            proc = subprocess.Popen(_pytest_cmd(tests_dir, ids, keyword), cwd=mirror, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT, text=True, start_new_session=True)
+            return {"mode": mode, "proc": proc, "log": log, "report": report, "t0": time.perf_counter()}
+
+        def finish(run):
+            proc, timed_out = run["proc"], False
+            try:
+                proc.wait(timeout=max(1.0, timeout - (time.perf_counter() - run["t0"])))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, 15)  # the pytest process and anything it started
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, 9)
+                    proc.wait()
+            seconds[run["mode"]] = time.perf_counter() - run["t0"]
+            run["log"].seek(0)
+            tail = run["log"].read()[-4000:]
+            run["log"].close()
+            if not os.path.exists(run["report"]):
+                sys.stderr.write(tail)
+                raise SystemExit(f"trl_compat: the {run['mode']} pytest run wrote no report (exit "
+                                 f"{proc.returncode}{', stopped at the time limit' if timed_out else ''}).")
+            with open(run["report"], encoding="utf-8") as f:
+                rep = json.load(f)
+            res = rep["results"]
+            for entry in res.values():
+                if entry["outcome"] == "unfinished":
+                    entry.update(outcome="not run", reason="stopped at the time limit mid-test")
+            for nodeid in rep.get("collected", []):
+                res.setdefault(nodeid, {"outcome": "not run", "reason": "time limit reached before it started",
+                                        "seconds": 0.0})
+            results[run["mode"]] = res
+            print(f"{run['mode']}: {sum(e['outcome'] != 'not run' for e in res.values())} of {len(res)} tests in "
+                  f"{seconds[run['mode']]:.0f} s{' (time limit)' if timed_out else ''}", flush=True)
+
+        if parallel:
+            runs = [start(m) for m in modes]
+            for run in runs:
+                finish(run)
+        else:
+            for m in modes:
+                finish(start(m))
+    return results, seconds
 
 
 def _short(nodeid: str) -> str:
@@ -176,7 +246,9 @@ def verdicts(stock: dict, meds: dict) -> list[dict]:
         s = stock.get(nodeid, {}).get("outcome", "missing")
         m = meds.get(nodeid, {}).get("outcome", "missing")
         test = _short(nodeid)
-        if s == m:
+        if "not run" in (s, m):
+            verdict = "not run (time limit)" if s == m else "incomplete (time limit)"
+        elif s == m:
             verdict = "same"
         elif s != "pass":
             verdict = "differs (not a stock pass)"
@@ -189,8 +261,11 @@ def verdicts(stock: dict, meds: dict) -> list[dict]:
         rows.append({"test": test, "stock": s, "meds": m, "verdict": verdict,
                      "stock_reason": stock.get(nodeid, {}).get("reason", "") if s != "pass" else "",
                      "meds_reason": meds.get(nodeid, {}).get("reason", "") if m not in ("pass", s) else "",
-                     "penalised": meds.get(nodeid, {}).get("meds_penalised"),
-                     "scored": meds.get(nodeid, {}).get("meds_rollouts")})
+                     "seconds": (stock.get(nodeid, {}).get("seconds"), meds.get(nodeid, {}).get("seconds")),
+                     **{k: meds.get(nodeid, {}).get(key) for k, key in (
+                         ("penalised", "meds_penalised"), ("scored", "meds_rollouts"), ("steps", "meds_steps"),
+                         ("steps_penalised", "meds_steps_penalised"), ("raw_mean", "raw_mean_penalised_steps"),
+                         ("shaped_mean", "shaped_mean_penalised_steps"))}})
     return rows
 
 
@@ -200,12 +275,17 @@ def _cell(text: str, limit: int = 160) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| test | stock | MEDS | MEDS penalised / scored | verdict |", "|---|---|---|---|---|"]
+    out = ["| test | stock | MEDS | seconds stock / MEDS | MEDS rollouts penalised / scored | MEDS steps penalised / "
+           "all | reward mean raw -> shaped (penalised steps) | verdict |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         pen = "" if r["scored"] is None else f"{r['penalised']} / {r['scored']}"
+        steps = "" if r["steps"] is None else f"{r['steps_penalised']} / {r['steps']}"
+        means = "" if r["raw_mean"] is None else f"{r['raw_mean']:.3f} -> {r['shaped_mean']:.3f}"
+        secs = " / ".join("-" if x is None or x == 0 else f"{x:.0f}" for x in r["seconds"])
         s_why = f" ({_cell(r['stock_reason'])})" if r["stock_reason"] else ""
         m_why = f" ({_cell(r['meds_reason'])})" if r["meds_reason"] else ""
-        out.append(f"| `{r['test']}` | {r['stock']}{s_why} | {r['meds']}{m_why} | {pen} | {r['verdict']} |")
+        out.append(f"| `{r['test']}` | {r['stock']}{s_why} | {r['meds']}{m_why} | {secs} | {pen} | {steps} | "
+                   f"{means} | {r['verdict']} |")
     return "\n".join(out)
 
 
@@ -215,12 +295,23 @@ def _versions() -> dict[str, str]:
     return {p: version(p) for p in ("trl", "transformers", "torch", "accelerate", "datasets", "peft")}
 
 
+def _meds_settings() -> str:
+    """The MEDS run's config, as the plugin sets it (read from the plugin file, not restated here)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_trl_compat_plugin", os.path.join(HERE, "_trl_compat_plugin.py"))
+    plugin = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(plugin)
+    return ", ".join(f"{k}={v!r}" for k, v in plugin.MEDS_SETTINGS.items())
+
+
 def _loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
 
 
-def report_md(rows, seconds, commit, source, load_before, load_after, keyword, all_tests) -> str:
+def report_md(rows, seconds, commit, source, load_before, load_after, keyword, all_tests, parallel=True,
+              timeout=None) -> str:
     count = {}
     for r in rows:
         count[(r["stock"], r["meds"])] = count.get((r["stock"], r["meds"]), 0) + 1
@@ -241,14 +332,21 @@ def report_md(rows, seconds, commit, source, load_before, load_after, keyword, a
         "- " + ", ".join(f"{k} {val}" for k, val in v.items()) + f", Python {platform.python_version()}",
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or platform.platform()}), "
         f"no accelerator used; loadavg before {load_before}, after {load_after} (shared machine).",
-        f"- Wall time: stock run {seconds['stock']:.0f} s, MEDS run {seconds['meds']:.0f} s.",
+        f"- MEDS run: `MEDSGRPOTrainer` with `MEDSConfig({_meds_settings()})`, the rest at its defaults.",
+        f"- Wall time: stock run {seconds['stock']:.0f} s, MEDS run {seconds['meds']:.0f} s "
+        f"({'side by side, one process each' if parallel else 'one after the other'}, one torch thread each"
+        f"{f'; time limit {timeout:.0f} s per run' if timeout else ''}).",
+        f"- Not run because of the time limit: {sum('time limit' in r['verdict'] for r in rows)} tests "
+        f"({sum(r['stock'] == 'not run' for r in rows)} stock, {sum(r['meds'] == 'not run' for r in rows)} MEDS).",
         f"- Selection: {'every test of ' + ', '.join(CLASSES) if all_tests else 'the CPU selection (SELECTION)'}"
         f"{', -k ' + repr(keyword) if keyword else ''}: {len(rows)} tests; tests not run are listed below.",
         f"- Stock passes: {len(stock_pass)}; MEDS passes of those: "
         f"{sum(r['meds'] == 'pass' for r in stock_pass)}; regressions (not listed as deliberate or pending): "
         f"{len(regress)}.",
         f"- MEDS shaped for real: {len(shaped)} of the {len(scored)} tests where MEDS scored rollouts had non-zero "
-        f"penalties ({sum(r['penalised'] for r in shaped)} of {sum(r['scored'] for r in scored)} rollouts).",
+        f"penalties ({sum(r['penalised'] for r in shaped)} of {sum(r['scored'] for r in scored)} rollouts). "
+        "Columns: rollouts MEDS scored and those with a non-zero penalty; MEDS steps and those with a non-zero "
+        "penalty; mean raw and shaped correctness reward over the rollouts of the penalised steps.",
         "- Outcome pairs (stock, MEDS): " + ", ".join(f"{a}/{b}: {n}" for (a, b), n in sorted(count.items())),
         "",
         table(rows),
@@ -260,7 +358,7 @@ def report_md(rows, seconds, commit, source, load_before, load_after, keyword, a
         "Deliberate differences: " + ("none." if not DELIBERATE_DIFFERENCES else ""),
         *[f"- `{k}`: {why}" for k, why in DELIBERATE_DIFFERENCES.items()],
         "",
-        "Pending:",
+        "Pending: " + ("none." if not PENDING else ""),
         *[f"- `{k}`: {why}" for k, why in PENDING.items()],
         "",
     ]
@@ -274,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache", default=CACHE, help="where downloads and stand-ins are cached (outside the repo)")
     ap.add_argument("--all", action="store_true", help="every test of the selected classes, not the CPU selection")
     ap.add_argument("-k", dest="keyword", help="pytest -k expression narrowing the selection")
-    ap.add_argument("--timeout", type=int, default=3600, help="seconds per pytest run")
+    ap.add_argument("--timeout", type=float, default=6 * 3600,
+                    help="seconds per pytest run; tests not finished by then are reported as not run")
+    ap.add_argument("--sequential", action="store_true",
+                    help="run the stock pytest process, then the MEDS one (default: both side by side)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "trl_compat.md"))
     args = ap.parse_args(argv)
 
@@ -287,13 +388,11 @@ def main(argv: list[str] | None = None) -> int:
 
     mirror = build_mirror(os.path.join(args.cache, "trl_standins"))
     load_before = _loadavg()
-    results, seconds = {}, {}
-    for mode in ("stock", "meds"):
-        results[mode], seconds[mode] = run_pytest(mode, tests_dir, mirror, list(CLASSES if args.all else SELECTION),
-                                                  args.keyword, args.timeout)
-        print(f"{mode}: {len(results[mode])} tests in {seconds[mode]:.0f} s", flush=True)
+    results, seconds = run_pytest(("stock", "meds"), tests_dir, mirror, list(CLASSES if args.all else SELECTION),
+                                  args.keyword, args.timeout, parallel=not args.sequential)
     rows = verdicts(results["stock"], results["meds"])
-    md = report_md(rows, seconds, args.commit, source, load_before, _loadavg(), args.keyword, args.all)
+    md = report_md(rows, seconds, args.commit, source, load_before, _loadavg(), args.keyword, args.all,
+                   not args.sequential, args.timeout)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
         f.write(md)

@@ -1,8 +1,11 @@
 """TRL compatibility in CI: TRL features run with the stock ``GRPOTrainer`` and with ``MEDSGRPOTrainer``, side by side.
 
 The full check is ``benchmarks/trl_compat.py``, which runs TRL's own GRPO tests (downloaded from TRL's repository at a
-pinned commit) with both trainers. CI cannot download them, and the project does not copy them, so these tests
-re-state in our own code the behaviours that the cheapest training tests of that selection check: a GRPO run
+pinned commit) with both trainers. :func:`test_trls_own_cheapest_tests_pass_alike_with_meds` runs the cheapest dozen
+of them (``CI_SELECTION`` there) through that harness when TRL's test file can be had: ``MEDS_TRL_TESTS_DIR`` (TRL's
+``tests/`` folder), else the harness's download cache, else a download; it is skipped, saying so, when none works
+(CI reaches package registries only, and TRL's sdist and wheel ship no tests). The project does not copy TRL's
+tests, so the other tests re-state in our own code the behaviours that the cheapest training tests check: a GRPO run
 completes, logs a loss and the per-reward metrics, and moves the parameters, for each TRL feature below. Each case
 runs twice from the same seed on the same offline stand-ins (``tests/trl_standins.py``: a tiny random Qwen2 on
 Qwen's vocabulary, a tiny Qwen2 reward model, the zen prompts) and must give the same verdict for both trainers.
@@ -13,6 +16,7 @@ random completions; each MEDS run must have scored its rollouts (memory rows sto
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import os
 
@@ -27,6 +31,7 @@ from meds_core import MEDSConfig  # noqa: E402
 
 MARKER = standins.FILLER_MARKER
 STEPS = 2
+HARNESS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "trl_compat.py")
 
 
 @pytest.fixture(scope="module")
@@ -150,3 +155,39 @@ def test_mask_truncated_completions_and_normalize_then_sum(mirror, tmp_path):
     # The random stand-in never writes EOS, so every completion is truncated, masked out, and nothing is learned.
     _side_by_side(tmp_path, [_parity_reward, starts_with_x], expect_update=False, mask_truncated_completions=True,
                   multi_objective_aggregation="normalize_then_sum")
+
+
+# -- TRL's own tests, when they can be had -----------------------------------------------------------------------------
+
+
+def _harness():
+    spec = importlib.util.spec_from_file_location("trl_compat_harness", HARNESS)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _trl_tests_dir(harness) -> str:
+    """TRL's tests/ folder at the harness's pinned commit: $MEDS_TRL_TESTS_DIR, the download cache, or a download."""
+    given = os.environ.get("MEDS_TRL_TESTS_DIR")
+    try:
+        if given:
+            return harness.check_tests_dir(given)
+        return harness.fetch_tests(harness.TRL_COMMIT, harness.CACHE, timeout=10)
+    except SystemExit as e:
+        if given:
+            pytest.fail(str(e))
+        pytest.skip(f"TRL's own GRPO tests could not be obtained (TRL's sdist ships none and no GitHub access here: "
+                    f"{e}). Set MEDS_TRL_TESTS_DIR to TRL's tests/ folder at commit {harness.TRL_COMMIT} to run them.")
+
+
+def test_trls_own_cheapest_tests_pass_alike_with_meds(mirror):
+    """TRL's cheapest dozen tests, stock and with MEDSGRPOTrainer substituted: every one passes with both."""
+    harness = _harness()
+    tests_dir = _trl_tests_dir(harness)
+    results, _ = harness.run_pytest(("stock", "meds"), tests_dir, mirror, list(harness.CI_SELECTION), None,
+                                    timeout=1800)
+    rows = harness.verdicts(results["stock"], results["meds"])
+    report = harness.table(rows)
+    assert len(rows) == 12, report
+    assert all(r["stock"] == "pass" and r["meds"] == "pass" for r in rows), report
