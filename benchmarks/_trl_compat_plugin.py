@@ -6,6 +6,8 @@ Loaded with ``-p _trl_compat_plugin`` (this folder on ``PYTHONPATH``); configure
   imported ``GRPOTrainer`` gets :class:`MEDSGRPOTrainerUnderTRLTests` under that name instead, so each
   ``GRPOTrainer(...)`` the tests build (and each ``patch.object(GRPOTrainer, ...)``) is a ``MEDSGRPOTrainer`` with
   :data:`MEDS_SETTINGS`. Nothing else in the tests changes.
+- ``MEDS_TRL_COMPAT_FP32=1`` (``--fp32``, both modes alike): configs whose ``bf16`` a test leaves unset train in
+  float32 instead of TRL's bf16 default.
 - ``MEDS_TRL_COMPAT_REPORT``: JSON file rewritten after every test (so a run stopped at a time limit still reports
   the tests it finished): per test id its outcome (``pass``, ``fail``, ``error``, ``skip``, ``xfail``, ``xpass``), a
   one-line reason for non-passes, its seconds, and in MEDS mode, read from
@@ -40,6 +42,22 @@ LAYERS = 2
 _trl_import_utils = importlib.import_module("trl.import_utils")
 if not hasattr(_trl_import_utils, "is_joblib_available"):
     _trl_import_utils.is_joblib_available = lambda: importlib.util.find_spec("joblib") is not None
+
+# --fp32 of the harness (both runs alike): TRL's configs turn bf16 mixed precision on when a test leaves ``bf16`` unset.
+# On a CPU without bf16 matrix instructions TRL's chunked log-prob matmuls then dominate every training test (~40x
+# slower than float32 at the stand-ins' shapes), so the harness can ask for float32 there. A test that sets bf16 or
+# fp16 itself keeps its setting.
+if os.environ.get("MEDS_TRL_COMPAT_FP32") == "1":
+    from trl import GRPOConfig
+
+    _post_init = GRPOConfig.__post_init__
+
+    def _fp32_post_init(self):
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = False
+        _post_init(self)
+
+    GRPOConfig.__post_init__ = _fp32_post_init
 
 _results: dict[str, dict] = {}
 # test id -> [rollouts scored, rollouts penalised, steps, steps penalised, raw sum, shaped sum, rollouts of the

@@ -333,6 +333,10 @@ def report_md(rows, seconds, commit, source, load_before, load_after, keyword, a
         f"- Machine: {platform.machine()}, {os.cpu_count()} CPUs ({platform.processor() or platform.platform()}), "
         f"no accelerator used; loadavg before {load_before}, after {load_after} (shared machine).",
         f"- MEDS run: `MEDSGRPOTrainer` with `MEDSConfig({_meds_settings()})`, the rest at its defaults.",
+        "- Precision: " + ("`--fp32`: both runs train in float32 where a test leaves `bf16` unset (TRL's default "
+                           "is bf16 mixed precision); every test of the selection leaves it unset."
+                           if os.environ.get("MEDS_TRL_COMPAT_FP32") == "1" else "TRL's defaults (bf16 mixed "
+                           "precision unless a test sets otherwise)."),
         f"- Wall time: stock run {seconds['stock']:.0f} s, MEDS run {seconds['meds']:.0f} s "
         f"({'side by side, one process each' if parallel else 'one after the other'}, one torch thread each"
         f"{f'; time limit {timeout:.0f} s per run' if timeout else ''}).",
@@ -376,8 +380,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds per pytest run; tests not finished by then are reported as not run")
     ap.add_argument("--sequential", action="store_true",
                     help="run the stock pytest process, then the MEDS one (default: both side by side)")
+    ap.add_argument("--fp32", action="store_true",
+                    help="both runs train in float32 where a test leaves TRL's bf16 default unset (CPU feasibility: "
+                         "TRL's chunked log-prob in bf16 is ~40x slower than in fp32 on a CPU without bf16 matmul)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "trl_compat.md"))
     args = ap.parse_args(argv)
+    if args.fp32:
+        os.environ["MEDS_TRL_COMPAT_FP32"] = "1"  # read by the plugin in both pytest processes
 
     if args.tests_dir:
         tests_dir, source = check_tests_dir(args.tests_dir), "read from --tests-dir"
