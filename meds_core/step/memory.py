@@ -58,6 +58,11 @@ _INCREMENTAL_FROM = 0  # memories above this many rows (after the step) cluster 
 _EMPTY_MST = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))  # the MST of no rows
 
 
+def _unpacked(packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    """Views of packed rows [N, F] as one array per memory (memory i: rows offsets[i]:offsets[i + 1])."""
+    return np.split(packed, offsets[1:-1].tolist())
+
+
 def _capacity(keep: int, m: int) -> int:
     """Buffer rows for a memory of ``keep`` rows that grows by ``m`` per step: amortised growth, and a full
     memory slides in place for about ``keep / 2m`` steps before it moves to fresh buffers."""
@@ -359,16 +364,15 @@ class ErrorMemory:
             seconds, calls = 0.0, 0
         else:
             packed, offsets = self._problem_rows(batch, staged, stored_unit)
-            problems = np.split(packed, offsets[1:-1].tolist())
             t0 = time.perf_counter()
             if self._incremental and self._engine.supports_incremental(self._params):
-                labels = self._cluster_incremental(batch, staged, problems, packed, offsets)
+                labels = self._cluster_incremental(batch, staged, packed, offsets)
             else:
-                labels = self._engine.cluster(problems, self._params)
+                labels = self._engine.cluster(_unpacked(packed, offsets), self._params)
                 for slot, _, _ in staged:
                     slot.mst = None
             seconds = time.perf_counter() - t0
-            calls = int(any(self._engine.can_cluster(len(p), self._params) for p in problems))
+            calls = int(any(self._engine.can_cluster(n, self._params) for n in np.diff(offsets).tolist()))
         slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
             old = slots.pop(mk, None)
@@ -404,7 +408,7 @@ class ErrorMemory:
         return np.concatenate(pieces).astype(np.float64, copy=False), offsets
 
     def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
-                             problems: list[np.ndarray], packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+                             packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
         recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
         ``max_rows_per_memory``.
@@ -441,7 +445,7 @@ class ErrorMemory:
         if not any(want) and all(o is None for o in old):  # nothing to update or build: the plain full engine
             for (slot, _, _), w in zip(staged, wait):
                 slot.mst, slot.mst_wait = None, w
-            return self._engine.cluster(problems, self._params)
+            return self._engine.cluster(_unpacked(packed, offsets), self._params)
         labels, msts = self._engine.cluster_incremental(packed, n_old, old, self._params, drop, want, offsets=offsets)
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
