@@ -96,7 +96,7 @@ SELECTION = (
 # The cheapest dozen of the selection, all passing stock, that tests/test_trl_compat.py runs with both trainers when
 # TRL's tests can be had (about 1 minute for both runs side by side): the unit tests and construction checks. The
 # training tests run 5 to 9 GRPO steps on Qwen's 151 936-token vocabulary: minutes per trainer on a CPU in TRL's
-# default bf16, and 10 s to 15 min with --fp32 (benchmarks/results/trl_compat.md), so none is in the dozen.
+# default bf16, and 7 s to 15 min with --fp32 (benchmarks/results/trl_compat.md), so none is in the dozen.
 CI_SELECTION = (
     "TestGetHighEntropyMask",
     "TestGRPORolloutDispatch::test_generate_rollout_func_raises_when_required_keys_are_missing",
