@@ -11,6 +11,7 @@ from meds_core.clustering._registry import (
     resolve_backend,
     unregister_backend,
 )
+from meds_core.clustering._rows import rows_packed
 from meds_core.clustering._vote import knn_vote
 from meds_core.clustering.params import HDBSCANParams
 
@@ -29,5 +30,6 @@ __all__ = [
     "knn_vote",
     "register_backend",
     "resolve_backend",
+    "rows_packed",
     "unregister_backend",
 ]

@@ -81,17 +81,19 @@ class ClusteringBackend:
 
     def cluster_incremental(self, problems: Sequence[np.ndarray], n_old: Sequence[int], old_msts: Sequence,
                             params: HDBSCANParams, drop: Sequence[int], want_state: Sequence[bool],
-                            offsets: np.ndarray | None = None) -> tuple[list[np.ndarray], list]:
+                            offsets: np.ndarray | None = None,
+                            starts: np.ndarray | None = None) -> tuple[list[np.ndarray], list]:
         """:func:`~meds_core.clustering.hdbscan_incremental` (labels equal to :meth:`cluster`, and each problem's MST
         state for the next step); only where :meth:`supports_incremental`. With ``offsets``, ``problems`` is packed
-        (rows [N, d] float64, problem i = rows offsets[i]:offsets[i + 1]) and trusted to be finite."""
+        (rows [N, d] float64, problem i = rows offsets[i]:offsets[i + 1], or starts[i]:offsets[i + 1] with
+        ``starts``) and trusted to be finite."""
         if not self.supports_incremental(params):
             raise ValueError(f"backend {self.name!r} with min_samples={params.min_samples} has no incremental path; "
                              "use cluster().")
         from meds_core.clustering._engine import hdbscan_incremental
 
         return hdbscan_incremental(problems, n_old, old_msts, drop=drop, want_state=want_state, offsets=offsets,
-                                   check_finite=offsets is None, **params.kwargs())
+                                   starts=starts, check_finite=offsets is None, **params.kwargs())
 
     @staticmethod
     def can_cluster(n: int, params: HDBSCANParams) -> bool:

@@ -190,7 +190,7 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
                         min_samples: int = 1, cluster_selection_method: str = "eom", allow_single_cluster: bool = False,
                         cluster_selection_epsilon: float = 0.0, want_state: Sequence[bool] | None = None,
                         drop: Sequence[int] | None = None, offsets: np.ndarray | None = None,
-                        check_finite: bool = True) -> tuple[list[np.ndarray], list]:
+                        starts: np.ndarray | None = None, check_finite: bool = True) -> tuple[list[np.ndarray], list]:
     """:func:`hdbscan_batch` for a stream step, in one parallel call: labels bit-identical to full recomputation, at
     a cost that follows the new rows where the incremental path applies.
 
@@ -213,6 +213,9 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         True.
     offsets : ndarray of shape (P + 1,), int, optional
         With packed ``problems``: problem i is ``problems[offsets[i]:offsets[i + 1]]`` (no packing copy).
+    starts : ndarray of shape (P,), int, optional
+        With ``offsets``: problem i is ``problems[starts[i]:offsets[i + 1]]`` instead, ``offsets[i] <= starts[i]``;
+        the rows before ``starts[i]`` are skipped (e.g. rows about to be dropped, kept in place by the caller).
     check_finite : bool
         False skips the NaN/inf check, for callers whose rows are finite by construction (``ErrorMemory``).
 
@@ -240,6 +243,8 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
 
     from meds_core.clustering._incremental import incremental_packed
 
+    if starts is not None and offsets is None:
+        raise ValueError("hdbscan_incremental: starts needs packed problems with offsets.")
     P = len(problems) if offsets is None else len(offsets) - 1
     labels: list[np.ndarray] = [np.empty(0, np.int64)] * P
     msts: list = [None] * P
@@ -254,7 +259,11 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     for X, offs, members in _pack(problems, offsets):
         if check_finite:
             _check_finite(X, offs, members)
-        sizes = np.diff(offs)
+        first = offs[:-1] if starts is None else np.asarray(starts, dtype=np.int64)
+        if starts is not None and (len(first) != len(offs) - 1 or (first < offs[:-1]).any()
+                                   or (first > offs[1:]).any()):
+            raise ValueError("hdbscan_incremental: starts must satisfy offsets[i] <= starts[i] <= offsets[i + 1].")
+        sizes = offs[1:] - first
         g_drop = dropped[members]
         grp_old = [old[i] for i in members.tolist()]
         e_len = np.fromiter((len(s[0]) for s in grp_old), dtype=np.int64, count=len(members))
@@ -269,11 +278,13 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         np.cumsum(np.maximum(sizes - 1, 0), out=out_offs[1:])
         e_src, e_dst, e_w = (np.concatenate([s[j] for s in grp_old]).astype(dt, copy=False)
                              for j, dt in ((0, np.int64), (1, np.int64), (2, np.float64)))
+        bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=bounds[1:])
         lab, src, dst, wsq, ok = incremental_packed(
-            X, offs, g_nold, g_drop, e_src, e_dst, e_w, e_offs, out_offs,
-            _balanced_order(offs, numba.get_num_threads()), mcs, ms, want[members], leaf, single, eps)
+            X, first, offs, g_nold, g_drop, e_src, e_dst, e_w, e_offs, out_offs,
+            _balanced_order(bounds, numba.get_num_threads()), mcs, ms, want[members], leaf, single, eps)
         for j, i in enumerate(members.tolist()):
-            labels[i] = lab[offs[j]:offs[j + 1]]
+            labels[i] = lab[first[j]:offs[j + 1]]
             if ok[j]:
                 a, b = out_offs[j], out_offs[j + 1]
                 msts[i] = (src[a:b], dst[a:b], wsq[a:b])

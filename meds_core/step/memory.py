@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, Union
 
 import numpy as np
 
-from meds_core.clustering import HDBSCANParams, backend_for
+from meds_core.clustering import HDBSCANParams, backend_for, rows_packed
 from meds_core.step._arrays import correctness_groups, to_numpy
 from meds_core.step._memory_io import read_state, write_state
 from meds_core.step.config import MEDSConfig
@@ -56,11 +56,6 @@ class StepResult:
 
 _INCREMENTAL_FROM = 0  # memories above this many rows (after the step) cluster incrementally; see _cluster_incremental
 _EMPTY_MST = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))  # the MST of no rows
-
-
-def _unpacked(packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
-    """Views of packed rows [N, F] as one array per memory (memory i: rows offsets[i]:offsets[i + 1])."""
-    return np.split(packed, offsets[1:-1].tolist())
 
 
 def _capacity(keep: int, m: int) -> int:
@@ -118,14 +113,22 @@ class _Batch(NamedTuple):
     counts: np.ndarray  # [M] int64 rows per memory
     rows: np.ndarray  # [V] int64 batch index, grouped by memory, batch order within a memory
     feats: np.ndarray  # [V, F] float32
-    unit: np.ndarray  # [V, F] float64 L2-normalised
+
+
+class _StepRows(NamedTuple):
+    """Every touched memory's stored rows, then its batch rows, as float64, packed: memory i at rows
+    offsets[i]:offsets[i + 1], of which the first stored[i] were stored before this step."""
+
+    unit: np.ndarray  # [N, F] float64 L2-normalised: the vote's rows (and the clustering's under l2_normalize)
+    rows: np.ndarray  # [N, F] float64 the clustering's rows: ``unit`` under l2_normalize, else the rows as stored
+    offsets: np.ndarray  # [M + 1] int64
+    stored: np.ndarray  # [M] int64
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float64; zero rows stay zero. [n, F] -> [n, F] float64."""
-    x = x.astype(np.float64)
-    norm = np.sqrt(np.einsum("ij,ij->i", x, x))
-    return x / np.where(norm > 0, norm, 1.0)[:, None]
+    """Row-wise L2 normalisation in float64; zero rows stay zero. [n, F] float32 -> [n, F] float64, bit for bit as
+    the same rows come out of :meth:`ErrorMemory._step_rows` (one kernel: :func:`meds_core.clustering.rows_packed`)."""
+    return rows_packed([np.asarray(x, dtype=np.float32)], x.shape[1])[0]
 
 
 def _normalize_key(key: Any) -> Key:
@@ -238,9 +241,9 @@ class ErrorMemory:
         known = groups >= 0
         valid = finite & known
         batch = self._split_by_memory(keys, feats, groups, valid)
-        stored_unit = self._stored_unit(batch)
-        label, size = self._assign(batch, B, stored_unit)
-        seconds, calls = self._recluster(batch, stored_unit)
+        step_rows = self._step_rows(batch)
+        label, size = self._assign(batch, B, step_rows)
+        seconds, calls = self._recluster(batch, step_rows)
         evicted, evicted_rows = self._evict({k for k, _ in batch.keys})
         if B:
             self._dim = feats.shape[1]  # fixed by the first non-empty update that succeeds
@@ -300,26 +303,33 @@ class ErrorMemory:
         mem = rank[inverse]
         key_of = list(ids)
         rows = vidx[np.argsort(mem, kind="stable")]
-        grouped = feats[rows]
         return _Batch([(key_of[c >> 1], c & 1) for c in uniq[appear].tolist()], np.bincount(mem, minlength=len(uniq)),
-                      rows, grouped, _unit_rows(grouped))
+                      rows, feats[rows])
 
-    def _stored_unit(self, batch: _Batch) -> list[np.ndarray | None]:
-        """L2-normalised float64 rows [n_i, F] of every touched memory's stored rows (None for a memory not stored
-        yet), from ONE :func:`_unit_rows` call over all of them: it is row-wise, so each row comes out bit for bit as
-        from a call on its own memory (tests check this). Used by the vote and, for the kept rows, the clustering."""
-        slots = [self._slots.get(mk) for mk in batch.keys]
-        have = [s for s in slots if s is not None and s.n]
-        if not have or self.config.cluster_method == "single":
-            return [None] * len(slots)
-        unit = _unit_rows(np.concatenate([s.rows for s in have]))
-        parts = iter(np.split(unit, np.cumsum([s.n for s in have])[:-1].tolist()))
-        return [next(parts) if s is not None and s.n else None for s in slots]
+    def _step_rows(self, batch: _Batch) -> _StepRows | None:
+        """The float64 rows of the step (see :class:`_StepRows`), from ONE parallel kernel call over every touched
+        memory's stored float32 rows and the batch's (None under the 'single' method, which needs none). The kernel
+        is row-wise with a fixed order of operations, so every row comes out bit for bit as when it arrived (tests
+        check this): the kept MSTs rely on it. Used by the vote (stored rows, queries) and the clustering (the kept
+        stored rows and the new ones: the last rows of each memory's block)."""
+        if self.config.cluster_method == "single":
+            return None
+        F, empty = batch.feats.shape[1], np.empty((0, batch.feats.shape[1]), np.float32)
+        parts, stored, a = [], [], 0
+        for mk, b in zip(batch.keys, np.cumsum(batch.counts).tolist()):
+            slot = self._slots.get(mk)
+            parts.append(slot.rows if slot is not None and slot.n else empty)
+            parts.append(batch.feats[a:b])
+            stored.append(len(parts[-2]))
+            a = b
+        unit, part_offsets = rows_packed(parts, F)
+        rows = unit if self.config.l2_normalize else rows_packed(parts, F, normalize=False)[0]
+        return _StepRows(unit, rows, part_offsets[0::2].copy(), np.asarray(stored, dtype=np.int64))
 
-    def _assign(self, batch: _Batch, B: int, stored_unit: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
+    def _assign(self, batch: _Batch, B: int, step_rows: _StepRows | None) -> tuple[np.ndarray, np.ndarray]:
         """Steps 1-2: k-NN vote over STORED rows and the size of the voted cluster. -> label, size [B] int64.
-        Rows of first-visited memories and skipped rows keep label -1 and size 0. ``stored_unit``: from
-        :meth:`_stored_unit`."""
+        Rows of first-visited memories and skipped rows keep label -1 and size 0. ``step_rows``: from
+        :meth:`_step_rows`."""
         label = np.full(B, -1, dtype=np.int64)
         size = np.zeros(B, dtype=np.int64)
         slots = [self._slots.get(mk) for mk in batch.keys]
@@ -333,8 +343,11 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        label[rows], size[rows] = self._engine.vote([u for u in stored_unit if u is not None],
-                                                    [s.labels.astype(np.int64) for s in old], batch.unit[queries],
+        unit, offsets, stored = step_rows.unit, step_rows.offsets.tolist(), step_rows.stored.tolist()
+        first_new = np.repeat(step_rows.offsets[:-1] + step_rows.stored - (np.cumsum(batch.counts) - batch.counts),
+                              batch.counts) + np.arange(len(batch.rows))  # each batch row's place in ``unit``
+        label[rows], size[rows] = self._engine.vote([unit[o:o + n] for o, n in zip(offsets, stored) if n],
+                                                    [s.labels.astype(np.int64) for s in old], unit[first_new[queries]],
                                                     counts, self.config.knn_k)  # same rule, results on every backend
         if self.config.noise_policy == "ignore":
             size[label == -1] = 0
@@ -355,7 +368,7 @@ class ErrorMemory:
             a = b
         return out
 
-    def _recluster(self, batch: _Batch, stored_unit: list[np.ndarray | None]) -> tuple[float, int]:
+    def _recluster(self, batch: _Batch, step_rows: _StepRows | None) -> tuple[float, int]:
         """Step 3b: relabel every touched memory with ONE clustering call, then store them. Atomic: if the
         clustering raises, the memory is unchanged."""
         staged = self._staged(batch)
@@ -363,16 +376,19 @@ class ErrorMemory:
             labels = [np.zeros(n, dtype=np.int64) for _, _, n in staged]
             seconds, calls = 0.0, 0
         else:
-            packed, offsets = self._problem_rows(batch, staged, stored_unit)
+            # memory i after the step: the last n_i rows of its block (stored rows beyond the cap are skipped)
+            X, offsets = step_rows.rows, step_rows.offsets
+            starts = offsets[1:] - np.fromiter((n for _, _, n in staged), dtype=np.int64, count=len(staged))
             t0 = time.perf_counter()
             if self._incremental and self._engine.supports_incremental(self._params):
-                labels = self._cluster_incremental(batch, staged, packed, offsets)
+                labels = self._cluster_incremental(batch, staged, X, offsets, starts)
             else:
-                labels = self._engine.cluster(_unpacked(packed, offsets), self._params)
+                labels = self._engine.cluster([X[a:b] for a, b in zip(starts.tolist(), offsets[1:].tolist())],
+                                              self._params)
                 for slot, _, _ in staged:
                     slot.mst = None
             seconds = time.perf_counter() - t0
-            calls = int(any(self._engine.can_cluster(n, self._params) for n in np.diff(offsets).tolist()))
+            calls = int(any(self._engine.can_cluster(n, self._params) for _, _, n in staged))
         slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
             old = slots.pop(mk, None)
@@ -385,30 +401,8 @@ class ErrorMemory:
                     slots[(key, g)] = slots.pop((key, g))
         return seconds, calls
 
-    def _problem_rows(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
-                      stored_unit: list[np.ndarray | None]) -> tuple[np.ndarray, np.ndarray]:
-        """The rows each touched memory is clustered on after the step, packed: float64 [N, F] (L2-normalised under
-        ``l2_normalize``: the kept stored rows' unit rows from the vote and the batch's, not normalised again) and
-        offsets [M + 1] int64 (memory i: rows offsets[i]:offsets[i + 1])."""
-        pieces, lengths, a = [], [], 0
-        for (slot, start, n), b, old in zip(staged, np.cumsum(batch.counts).tolist(), stored_unit):
-            if self.config.l2_normalize:
-                new = batch.unit[a:b][max(b - a - n, 0):]
-                if n > len(new):
-                    pieces.append(old[len(old) - (n - len(new)):])
-                pieces.append(new)
-            else:
-                pieces.append(slot.row_buf[start:start + n])
-            lengths.append(n)
-            a = b
-        offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        if not pieces:
-            return np.empty((0, batch.feats.shape[1]), np.float64), offsets
-        return np.concatenate(pieces).astype(np.float64, copy=False), offsets
-
-    def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]],
-                             packed: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]], X: np.ndarray,
+                             offsets: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
         recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
         ``max_rows_per_memory``.
@@ -445,8 +439,9 @@ class ErrorMemory:
         if not any(want) and all(o is None for o in old):  # nothing to update or build: the plain full engine
             for (slot, _, _), w in zip(staged, wait):
                 slot.mst, slot.mst_wait = None, w
-            return self._engine.cluster(_unpacked(packed, offsets), self._params)
-        labels, msts = self._engine.cluster_incremental(packed, n_old, old, self._params, drop, want, offsets=offsets)
+            return self._engine.cluster([X[a:b] for a, b in zip(starts.tolist(), offsets[1:].tolist())], self._params)
+        labels, msts = self._engine.cluster_incremental(X, n_old, old, self._params, drop, want, offsets=offsets,
+                                                        starts=starts)
         for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
             slot.mst = mst
             slot.mst_wait = 8 if (asked and mst is None) else w
