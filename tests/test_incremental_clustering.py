@@ -182,3 +182,69 @@ def test_error_memory_keeps_an_mst_from_a_memory_first_rows():
             np.testing.assert_array_equal(inc.labels(k, 0), full.labels(k, 0), err_msg=f"step {step}")
             slot = inc._slots[(k, 0)]
             assert slot.mst is not None and len(slot.mst[0]) == slot.n - 1, f"step {step}: no MST kept"
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 60), decimals=st.sampled_from([0, 1, 8]))
+def test_leaf_order_gaps_give_the_heaviest_edge_on_every_tree_path(seed, n, decimals):
+    """The new-row filter reads the heaviest tree edge between two rows as the largest gap between their positions in
+    the leaf order; oracle: a walk along the tree path, for every pair (ties included)."""
+    from meds_core.clustering._incremental import _leaf_order
+
+    rng = np.random.default_rng(seed)
+    parent = [int(rng.integers(0, i)) for i in range(1, n)]  # a random tree over rows 0..n-1
+    w = np.round(rng.random(n - 1), decimals)
+    order = np.argsort(w, kind="mergesort")
+    u, v, w = np.arange(1, n)[order], np.asarray(parent, dtype=np.int64)[order], w[order]
+    leaf, pos, gap = _leaf_order(n, u, v, w)
+    assert sorted(leaf.tolist()) == list(range(n)) and (leaf[pos] == np.arange(n)).all()
+    adj = {i: [] for i in range(n)}
+    for a, b, x in zip(u.tolist(), v.tolist(), w.tolist()):
+        adj[a].append((b, x))
+        adj[b].append((a, x))
+    for a in range(n):
+        heaviest, stack = {a: 0.0}, [a]
+        while stack:
+            x = stack.pop()
+            for y, wy in adj[x]:
+                if y not in heaviest:
+                    heaviest[y] = max(heaviest[x], wy)
+                    stack.append(y)
+        for b in range(n):
+            lo, hi = sorted((pos[a], pos[b]))
+            assert (gap[lo:hi].max() if hi > lo else 0.0) == heaviest[b], (a, b)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.sampled_from([1, 5, 14]),
+       sizes=st.lists(st.integers(0, 50), min_size=1, max_size=6), normalize=st.booleans())
+def test_rows_packed_against_numpy(seed, d, sizes, normalize):
+    """The step's row kernel against numpy: float64 rows (exact), or divided by their norm (to 1 ulp-ish; zero rows
+    stay zero), packed block after block."""
+    from meds_core.clustering import rows_packed
+
+    rng = np.random.default_rng(seed)
+    parts = [rng.normal(size=(s, d)).astype(np.float32) for s in sizes]
+    parts[0][:1] = 0.0
+    got, offsets = rows_packed(parts, d, normalize)
+    assert offsets.tolist() == np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    x = np.concatenate(parts).astype(np.float64)
+    if not normalize:
+        np.testing.assert_array_equal(got, x)
+        return
+    norm = np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(got, x / np.where(norm > 0, norm, 1.0), rtol=1e-15, atol=0)
+
+
+def test_starts_skip_rows_and_give_the_labels_of_the_sliced_problems():
+    X = _stream(3, 90, 4, 12, 0.0)
+    offsets = np.array([0, 40, 90])
+    starts = np.array([10, 55])
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    got, msts = hdbscan_incremental(X, [0, 0], [empty, empty], 2, offsets=offsets, starts=starts)
+    want = hdbscan_batch([X[10:40], X[55:90]], 2, 1)
+    for g, w_, s in zip(got, want, msts):
+        np.testing.assert_array_equal(g, w_)
+        assert s is not None
+    with pytest.raises(ValueError, match="starts"):
+        hdbscan_incremental(X, [0, 0], [empty, empty], 2, offsets=offsets, starts=np.array([41, 55]))

@@ -8,10 +8,11 @@ edges sorted by weight.
 * FIFO drop (:func:`_reconnect`): the old tree edges between kept rows form a forest F that lies in every MST of the
   kept rows; only the lightest edge between two components of F can join them. Cost O(outside * kept * d), outside =
   rows not in F's largest component (no sort of those pairs).
-* New rows (:func:`_insertion_candidates`, :func:`_star_survivors`): old non-tree edges stay strictly heavier than
+* New rows (:func:`_insertion_candidates`, :func:`_path_survivors`): old non-tree edges stay strictly heavier than
   the new tree paths, so the new MST is the MST of the kept rows' tree plus edges incident to a new row; of those,
-  Chin and Houck's O(n) insertion keeps, per new row, only the edges that are not strictly the heaviest of a cycle
-  (typically a few). Kruskal merges the sorted old tree with the few sorted candidates, one class of bit-equal
+  an edge (j, z) is left out when it is strictly heavier than both z's lightest edge (to j*) and the heaviest tree
+  edge between j and j*, read as a running maximum over the tree's single-linkage leaf order (typically a few edges
+  per new row remain). Kruskal merges the sorted old tree with the few sorted candidates, one class of bit-equal
   weights at a time, and checks that the result is unique (:func:`_kruskal_merge`); then it is the unique MST of all
   rows, the tree the full engine's Prim's builds. Cost O(n * m * d) for m new rows, plus the tree stage.
 * Tree stage (:func:`labels_from_sorted_mst`): the merge order is the sorted order where no two tree distances are
@@ -162,7 +163,9 @@ def _reconnect(XT, kept, fu, fv, fw):
     Every edge of F is the strict minimum across a cut of the old rows, so also of the kept rows: F lies in every MST.
     Contracting F's components, only the lightest edge between each pair of components can join the MST (a tie for
     that lightest edge is kept twice, so that Kruskal's class check sees it). Rows outside the largest component are
-    compared with all kept rows: O(outside * kept * d) time, no sort of those pairs. -> tu, tv, tw (sorted), ok."""
+    compared with the rows of the largest and of every component after their own (each pair once), laid out
+    component by component so that each lightest edge is the minimum of a contiguous run: O(outside * kept * d) time,
+    no sort of those pairs. -> tu, tv, tw (sorted), ok."""
     if fu.shape[0] == kept - 1 or kept < 2:
         return fu, fv, fw, True
     comp = np.arange(kept)
@@ -187,24 +190,57 @@ def _reconnect(XT, kept, fu, fv, fw):
     ties = np.zeros((k, k), dtype=np.bool_)
     bu = np.zeros((k, k), dtype=np.int64)
     bv = np.zeros((k, k), dtype=np.int64)
+    # Lay the rows out component by component (the largest first, then by id; rows ascending within each), so that
+    # the lightest edge from a row to a component is the minimum of one contiguous run of its distances.
+    rank = np.empty(k, dtype=np.int64)
+    of_rank = np.empty(k, dtype=np.int64)
+    for q in range(k):
+        rank[q] = 0 if q == big else (q + 1 if q < big else q)
+        of_rank[rank[q]] = q
+    start = np.zeros(k + 1, dtype=np.int64)
+    for i in range(kept):
+        start[rank[c[i]] + 1] += 1
+    for q in range(k):
+        start[q + 1] += start[q]
+    fill = start[:k].copy()
+    perm = np.empty(kept, dtype=np.int64)
+    for i in range(kept):
+        r = rank[c[i]]
+        perm[fill[r]] = i
+        fill[r] += 1
     d = XT.shape[0]
+    XP = np.empty((d, kept))
+    for q in range(d):
+        for t in range(kept):
+            XP[q, t] = XT[q, perm[t]]
     x = np.empty(d)
     row = np.empty(kept)
-    for i in range(kept):
+    nb = start[1]  # rows of the largest component: positions 0..nb-1
+    for pi in range(nb, kept):  # every row outside it, against the largest and the components after its own
+        i = perm[pi]
         ci = c[i]
-        if ci == big:
-            continue
+        rc = rank[ci]
         for q in range(d):
-            x[q] = XT[q, i]
-        sq_dists_from(x, XT, 0, kept, row)
-        for j in range(kept):
-            cj = c[j]
-            if cj == ci or (cj != big and j < i):
+            x[q] = XP[q, pi]
+        s2 = start[rc + 1]
+        sq_dists_from(x, XP, 0, nb, row)
+        sq_dists_from(x, XP, s2, kept, row[nb:])
+        for rt in range(k):
+            if rt != 0 and rt <= rc:
                 continue
+            lo, hi = start[rt], start[rt + 1]
+            off = 0 if rt == 0 else nb - s2  # row[] index of position t: t + off
+            w, at, many = np.inf, lo, False
+            for t in range(lo, hi):
+                v = row[t + off]
+                if v < w:
+                    w, at, many = v, t, False
+                elif v == w:
+                    many = True
+            cj = of_rank[rt]
             a, b = (ci, cj) if ci < cj else (cj, ci)
-            w = row[j]
             if w < best[a, b]:
-                best[a, b], ties[a, b], bu[a, b], bv[a, b] = w, False, i, j
+                best[a, b], ties[a, b], bu[a, b], bv[a, b] = w, many, i, perm[at]
             elif w == best[a, b]:
                 ties[a, b] = True
     cnt = 0
@@ -226,61 +262,70 @@ def _reconnect(XT, kept, fu, fv, fw):
 
 
 @kernel
-def _star_survivors(order, up, pw, Dt, keep):
-    """Which edges (j, z) from the new rows z to the kept rows can be in MST(T + star(z)), T the kept rows' tree; all
-    new rows at once (inner loops over z, contiguous).
+def _leaf_order(n, u, v, w):
+    """Single linkage's leaf order of a spanning tree (u, v [n-1] int64, w [n-1] f64 sorted ascending) over rows
+    0..n-1 -> leaf [n] int64 (the rows in that order), pos [n] int64 (its inverse), gap [n-1] f64: gap[i] is the
+    weight at which leaf[i] and leaf[i + 1] first join. Kruskal with each component a linked list: a link appends
+    one list to the other and records the edge's weight at the junction. So the weight at which rows a and b first
+    join, which is the heaviest edge on their tree path, is the largest gap between their positions."""
+    parent = np.arange(n)
+    head = np.arange(n)  # a root's first and last row
+    tail = np.arange(n)
+    nxt = np.full(n, -1, dtype=np.int64)
+    after = np.zeros(n)  # after[r]: the gap between row r and nxt[r]
+    for e in range(u.shape[0]):
+        a, b = _root(parent, u[e]), _root(parent, v[e])
+        nxt[tail[a]], after[tail[a]] = head[b], w[e]
+        parent[b] = a
+        tail[a] = tail[b]
+    r = _root(parent, 0)
+    leaf = np.empty(n, dtype=np.int64)
+    pos = np.empty(n, dtype=np.int64)
+    gap = np.empty(max(n - 1, 0))
+    x = head[r]
+    for i in range(n):
+        leaf[i], pos[x] = x, i
+        if i < n - 1:
+            gap[i] = after[x]
+        x = nxt[x]
+    return leaf, pos, gap
 
-    Chin and Houck's insertion: children before parents (``order`` reversed: a BFS order of T from row 0, ``up``
-    [kept] int64 parent, ``pw`` [kept] f64 squared weight of the edge to it), each row r carries the heaviest edge m
-    on its path to z in the tree built so far (first its own edge (r, z), weights ``Dt`` [kept, m] f64 squared).
-    Joining child w to r closes the cycle (r, w) + path(w, z) + path(z, r); its heaviest edge is dropped. A star edge
-    dropped that way is strictly the heaviest of a cycle, so it is in no MST: keep[j, z] = False ([kept, m] bool).
-    Where a comparison ties ("strictly" cannot be shown), the new row's column is reset to all True."""
-    kept, m = Dt.shape
-    mw = Dt.copy()  # weight of m
-    mstar = np.ones((kept, m), dtype=np.bool_)  # m is a star edge (else the tree edge of row mid to its parent)
-    mid = np.empty((kept, m), dtype=np.int64)
-    for j in range(kept):
-        mid[j, :] = j
-    mtie = np.zeros((kept, m), dtype=np.bool_)  # another edge on the path weighs as much as m
-    tied = np.zeros(m, dtype=np.bool_)
-    for q in range(kept - 1, 0, -1):
-        w = order[q]
-        r = up[w]
-        ew = pw[w]
-        for z in range(m):
-            t = mw[w, z]
-            if ew > t:
-                kw, kstar, kid, ktie = ew, False, w, False
-            elif t > ew:
-                kw, kstar, kid, ktie = t, mstar[w, z], mid[w, z], mtie[w, z]
-            else:
-                tied[z] = True
-                continue
-            if kw > mw[r, z]:
-                tied[z] |= ktie
-                if kstar:
-                    keep[kid, z] = False
-            elif kw < mw[r, z]:
-                tied[z] |= mtie[r, z]
-                if mstar[r, z]:
-                    keep[mid[r, z], z] = False
-                mw[r, z], mstar[r, z], mid[r, z], mtie[r, z] = kw, kstar, kid, ktie
-            else:
-                tied[z] = True
-    for z in range(m):
-        if tied[z]:
-            keep[:, z] = True
+
+@kernel
+def _path_survivors(leaf, pos, gap, D, kept, keep):
+    """Which edges (j, z) from the new rows z to the kept rows can be in the MST, given the kept rows' unique MST T
+    as its :func:`_leaf_order` (leaf, pos, gap) and the squared distances D [m, >= kept] f64 of the new rows to the
+    kept ones: keep[a, j] ([m, kept] bool, all True on entry) is set False where the edge of kept row j and new row a
+    is strictly heavier than both the new row's lightest edge (to j*) and the heaviest tree edge on the path from j to
+    j*. It is then strictly the heaviest edge of the cycle (j, a) + (a, j*) + path(j*, j), so it is in no MST. One
+    contiguous walk outwards from j*'s position per new row, carrying the running maximum gap: O(m * kept)."""
+    m = D.shape[0]
+    for a in range(m):
+        row = D[a]
+        js = 0
+        for j in range(1, kept):
+            if row[j] < row[js]:
+                js = j
+        p = pos[js]
+        lim = row[js]
+        for i in range(p + 1, kept):
+            lim = gap[i - 1] if gap[i - 1] > lim else lim
+            j = leaf[i]
+            keep[a, j] = row[j] <= lim
+        lim = row[js]
+        for i in range(p - 1, -1, -1):
+            lim = gap[i] if gap[i] > lim else lim
+            j = leaf[i]
+            keep[a, j] = row[j] <= lim
 
 
 @kernel
 def _insertion_candidates(XT, kept, tu, tv, tw):
     """Edges incident to the new rows (columns kept..n-1 of XT [d, n] f64) that can be in the MST of all rows, given
-    the unique MST (tu, tv, tw) of the kept rows: all new-new edges, and per new row z the edges (j, z) that
-    :func:`_star_survivors` keeps (all of them where it meets a tie). Each edge left out is strictly the heaviest of a
-    cycle whose other edges are tree edges or lighter edges of z (candidates, or left out for the same reason: by
-    induction on weight, candidates), so it is in no MST, and the MST of the candidates is unique exactly when the
-    MST of all rows is. O(m * kept * d) distances, O(m * kept) filtering. -> u, v [c] int64, w [c] f64 sorted by w."""
+    the unique MST (tu, tv, tw) of the kept rows: all new-new edges, and per new row the edges to kept rows that
+    :func:`_path_survivors` keeps. Each edge left out is strictly the heaviest of a cycle of tree edges and a
+    candidate, so it is in no MST, and the MST of the candidates is unique exactly when the MST of all rows is.
+    O(m * kept * d) distances, O(m * kept) filtering. -> u, v [c] int64, w [c] f64 sorted by w."""
     d, n = XT.shape
     m = n - kept
     D = np.empty((m, n))
@@ -289,32 +334,14 @@ def _insertion_candidates(XT, kept, tu, tv, tw):
         for q in range(d):
             x[q] = XT[q, kept + a]
         sq_dists_from(x, XT, 0, kept + a, D[a])
-    keep = np.ones((max(kept, 1), m), dtype=np.bool_)
+    keep = np.ones((m, max(kept, 1)), dtype=np.bool_)
     if kept >= 2:
-        start, nb, nw = _tree_adjacency(kept, tu, tv, tw)
-        order = np.empty(kept, dtype=np.int64)
-        up = np.full(kept, -1, dtype=np.int64)
-        pw = np.zeros(kept)
-        up[0], order[0] = 0, 0
-        head, tail = 0, 1
-        while head < tail:
-            r = order[head]
-            head += 1
-            for z in range(start[r], start[r + 1]):
-                c = nb[z]
-                if up[c] == -1:
-                    up[c], pw[c] = r, nw[z]
-                    order[tail] = c
-                    tail += 1
-        Dt = np.empty((kept, m))
-        for a in range(m):
-            for j in range(kept):
-                Dt[j, a] = D[a, j]
-        _star_survivors(order, up, pw, Dt, keep)
+        leaf, pos, gap = _leaf_order(kept, tu, tv, tw)
+        _path_survivors(leaf, pos, gap, D, kept, keep)
     k = m * (m - 1) // 2
-    for j in range(kept):
-        for a in range(m):
-            k += keep[j, a]
+    for a in range(m):
+        for j in range(kept):
+            k += keep[a, j]
     u = np.empty(k, dtype=np.int64)
     v = np.empty(k, dtype=np.int64)
     w = np.empty(k)
@@ -324,7 +351,7 @@ def _insertion_candidates(XT, kept, tu, tv, tw):
             u[k], v[k], w[k] = kept + b, kept + a, D[a, kept + b]
             k += 1
         for j in range(kept):
-            if keep[j, a]:
+            if keep[a, j]:
                 u[k], v[k], w[k] = j, kept + a, D[a, j]
                 k += 1
     return _sorted_by_weight(u, v, w)
@@ -491,13 +518,14 @@ def is_unique_mst_sorted(X, src, dst, weight_sq):
 
 
 @kernel(parallel=True)
-def incremental_packed(X, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, out_offsets, order, min_cluster_size,
-                       min_samples, want_state, leaf, allow_single_cluster, epsilon):
-    """One step over packed problems (rows offsets[p]:offsets[p + 1] of X [N, d] f64). Problem p with n_old[p] >= 0
+def incremental_packed(X, starts, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, out_offsets, order,
+                       min_cluster_size, min_samples, want_state, leaf, allow_single_cluster, epsilon):
+    """One step over packed problems (rows starts[p]:offsets[p + 1] of X [N, d] f64; rows offsets[p]:starts[p] are
+    skipped). Problem p with n_old[p] >= 0
     is updated from its old unique MST over n_old[p] rows, the first drop[p] of them gone (edges
     e_offsets[p]:e_offsets[p + 1] of e_src, e_dst [E] int64, e_w [E] f64
     squared); n_old[p] = -1, or a tie, means full recomputation, after which the MST is kept (checked unique) where
-    want_state[p] and min_samples == 1. -> labels [N] int64, the new MSTs src, dst, w_sq
+    want_state[p] and min_samples == 1. -> labels [N] int64 (-1 on skipped rows), the new MSTs src, dst, w_sq
     packed by out_offsets (n_p - 1 each; filled only where ok), ok [P] bool (MST stored and provably unique)."""
     P = offsets.shape[0] - 1
     labels = np.full(X.shape[0], -1, dtype=np.int64)
@@ -506,7 +534,7 @@ def incremental_packed(X, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, ou
     ok = np.zeros(P, dtype=np.bool_)
     for t in prange(order.shape[0]):
         p = order[t]
-        a, b, o = offsets[p], offsets[p + 1], out_offsets[p]
+        a, b, o = starts[p], offsets[p + 1], out_offsets[p]
         n = b - a
         good = False
         if n_old[p] >= 0:
