@@ -418,7 +418,8 @@ class ErrorMemory:
         256 memories gaining 16 rows, contended 2-core machine): incremental / full 27 / 16 us at n = 16, 51 / 42 at
         n = 32, 53 / 47 at n = 48, 63 / 69 at n = 64, 71 / 89 at n = 80; starting the MST at n = 80 instead (full
         clustering plus the uniqueness check) made that step 1.9x slower than full recomputation in the stream
-        benchmark, more than the small-memory steps lose."""
+        benchmark, more than the small-memory steps lose. (These kernel times were measured with the earlier
+        Chin-Houck candidate filter; the leaf-order filter that replaced it is cheaper still.)"""
         n_old, old, drop, want, wait = [], [], [], [], []
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
