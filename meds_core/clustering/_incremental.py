@@ -164,7 +164,8 @@ def _reconnect(XT, kept, fu, fv, fw):
     Contracting F's components, only the lightest edge between each pair of components can join the MST (a tie for
     that lightest edge is kept twice, so that Kruskal's class check sees it). Rows outside the largest component are
     compared with the rows of the largest and of every component after their own (each pair once), laid out
-    component by component so that each lightest edge is the minimum of a contiguous run: O(outside * kept * d) time,
+    component by component and sorted by one coordinate, so that each lightest edge is the minimum of a contiguous
+    run, cut to the rows within the best distance so far in that coordinate: O(outside * kept * d) time at worst,
     no sort of those pairs. -> tu, tv, tw (sorted), ok."""
     if fu.shape[0] == kept - 1 or kept < 2:
         return fu, fv, fw, True
@@ -190,8 +191,19 @@ def _reconnect(XT, kept, fu, fv, fw):
     ties = np.zeros((k, k), dtype=np.bool_)
     bu = np.zeros((k, k), dtype=np.int64)
     bv = np.zeros((k, k), dtype=np.int64)
-    # Lay the rows out component by component (the largest first, then by id; rows ascending within each), so that
-    # the lightest edge from a row to a component is the minimum of one contiguous run of its distances.
+    # Lay the rows out component by component (the largest first, then by id), each component's rows sorted by the
+    # coordinate of largest spread: the lightest edge from a row to a component is the minimum of one contiguous run
+    # of its distances, and only the run within sqrt(best so far) of the row's coordinate can hold it (a distance is
+    # at least the gap in any one coordinate), so the rest of the run is skipped.
+    d = XT.shape[0]
+    qa, spread = 0, -1.0
+    for q in range(d):
+        lo_q, hi_q = XT[q, 0], XT[q, 0]
+        for i in range(kept):
+            lo_q = min(lo_q, XT[q, i])
+            hi_q = max(hi_q, XT[q, i])
+        if hi_q - lo_q > spread:
+            qa, spread = q, hi_q - lo_q
     rank = np.empty(k, dtype=np.int64)
     of_rank = np.empty(k, dtype=np.int64)
     for q in range(k):
@@ -204,15 +216,15 @@ def _reconnect(XT, kept, fu, fv, fw):
         start[q + 1] += start[q]
     fill = start[:k].copy()
     perm = np.empty(kept, dtype=np.int64)
-    for i in range(kept):
+    for i in np.argsort(XT[qa, :kept], kind="mergesort"):
         r = rank[c[i]]
         perm[fill[r]] = i
         fill[r] += 1
-    d = XT.shape[0]
     XP = np.empty((d, kept))
     for q in range(d):
         for t in range(kept):
             XP[q, t] = XT[q, perm[t]]
+    key = XP[qa]
     x = np.empty(d)
     row = np.empty(kept)
     nb = start[1]  # rows of the largest component: positions 0..nb-1
@@ -222,23 +234,26 @@ def _reconnect(XT, kept, fu, fv, fw):
         rc = rank[ci]
         for q in range(d):
             x[q] = XP[q, pi]
-        s2 = start[rc + 1]
-        sq_dists_from(x, XP, 0, nb, row)
-        sq_dists_from(x, XP, s2, kept, row[nb:])
         for rt in range(k):
             if rt != 0 and rt <= rc:
                 continue
             lo, hi = start[rt], start[rt + 1]
-            off = 0 if rt == 0 else nb - s2  # row[] index of position t: t + off
-            w, at, many = np.inf, lo, False
-            for t in range(lo, hi):
-                v = row[t + off]
-                if v < w:
-                    w, at, many = v, t, False
-                elif v == w:
-                    many = True
             cj = of_rank[rt]
             a, b = (ci, cj) if ci < cj else (cj, ci)
+            if best[a, b] < np.inf:  # a margin of 1e-9 keeps every pair that rounding could bring to the minimum
+                h = np.sqrt(best[a, b]) * (1.0 + 1e-9)
+                lo, hi = (lo + np.searchsorted(key[lo:hi], x[qa] - h, side="left"),
+                          lo + np.searchsorted(key[lo:hi], x[qa] + h, side="right"))
+            if hi <= lo:
+                continue
+            sq_dists_from(x, XP, lo, hi, row)
+            w, at, many = np.inf, lo, False
+            for t in range(hi - lo):
+                v = row[t]
+                if v < w:
+                    w, at, many = v, lo + t, False
+                elif v == w:
+                    many = True
             if w < best[a, b]:
                 best[a, b], ties[a, b], bu[a, b], bv[a, b] = w, many, i, perm[at]
             elif w == best[a, b]:
