@@ -165,8 +165,8 @@ def _reconnect(XT, kept, fu, fv, fw):
     that lightest edge is kept twice, so that Kruskal's class check sees it). Rows outside the largest component are
     compared with the rows of the largest and of every component after their own (each pair once), laid out
     component by component and sorted by one coordinate, so that each lightest edge is the minimum of a contiguous
-    run, cut to the rows within the best distance so far in that coordinate: O(outside * kept * d) time at worst,
-    no sort of those pairs. -> tu, tv, tw (sorted), ok."""
+    run, cut to the rows within the best distance so far in that coordinate (plus rounding margins): at worst
+    O(outside * kept * d) time, no sort of those pairs. -> tu, tv, tw (sorted), ok."""
     if fu.shape[0] == kept - 1 or kept < 2:
         return fu, fv, fw, True
     comp = np.arange(kept)
@@ -240,8 +240,8 @@ def _reconnect(XT, kept, fu, fv, fw):
             lo, hi = start[rt], start[rt + 1]
             cj = of_rank[rt]
             a, b = (ci, cj) if ci < cj else (cj, ci)
-            if best[a, b] < np.inf:  # a margin of 1e-9 keeps every pair that rounding could bring to the minimum
-                h = np.sqrt(best[a, b]) * (1.0 + 1e-9)
+            if best[a, b] < np.inf:  # margins keep every pair that rounding could bring to the minimum
+                h = np.sqrt(best[a, b]) * (1.0 + 1e-9) + 1e-12 * (abs(x[qa]) + spread)
                 lo, hi = (lo + np.searchsorted(key[lo:hi], x[qa] - h, side="left"),
                           lo + np.searchsorted(key[lo:hi], x[qa] + h, side="right"))
             if hi <= lo:
