@@ -75,6 +75,20 @@ class ClusteringBackend:
         """
         return self._vote(stored, stored_labels, queries, counts, k)
 
+    def vote_rows(self, rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray, labels: np.ndarray,
+                  queries: np.ndarray, counts: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`vote` with the stored rows given in place: memory i's are rows[starts[i]:starts[i] + lengths[i]]
+        (rows [R, d] float64, L2-normalised; starts, lengths [c] int64, lengths >= 1), their labels packed memory
+        after memory (labels [sum lengths] int64). Same results as :meth:`vote`; the numba kernel reads the rows
+        where they are."""
+        if self.name == "numba":
+            from meds_core.clustering._vote import knn_vote_rows_numba
+
+            return knn_vote_rows_numba(rows, starts, lengths, labels, queries, counts, k)
+        cuts = np.cumsum(lengths)[:-1].tolist()
+        return self._vote([rows[a:a + n] for a, n in zip(starts.tolist(), lengths.tolist())], np.split(labels, cuts),
+                          queries, counts, k)
+
     def supports_incremental(self, params: HDBSCANParams) -> bool:
         """True where :meth:`cluster_incremental` applies: the numba engine with ``min_samples = 1``."""
         return self.name == "numba" and params.min_samples == 1

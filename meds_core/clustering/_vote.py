@@ -217,26 +217,42 @@ def knn_vote(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], 
 
 def knn_vote_packed_numba(stored: Sequence[np.ndarray], stored_labels: Sequence[np.ndarray], queries: np.ndarray,
                           counts: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`knn_vote_packed` as one parallel numba kernel (same arguments, same rule and rounding, same results).
+    """:func:`knn_vote_packed` as one parallel numba kernel (same arguments, same rule and rounding, same results):
+    the stored rows are packed once, then :func:`knn_vote_rows_numba`."""
+    n = np.fromiter(map(len, stored), dtype=np.int64, count=len(stored))
+    if not len(stored):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    rows = np.concatenate([np.asarray(s, dtype=np.float64) for s in stored])
+    labels = np.concatenate(stored_labels).astype(np.int64, copy=False)
+    return knn_vote_rows_numba(rows, np.cumsum(n) - n, n, labels, queries, counts, k)
 
-    Imports numba on first use. The stored rows are handed over as a typed list of the arrays themselves (no packing
-    copy); each thread transposes one memory at a time into cache-sized scratch. Labels are packed (small).
+
+def knn_vote_rows_numba(rows: np.ndarray, starts: np.ndarray, lengths: np.ndarray, labels: np.ndarray,
+                        queries: np.ndarray, counts: np.ndarray, k: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """The numba vote on stored rows given in place, inside one array (no packing copy, no list of arrays).
+
+    Parameters
+    ----------
+    rows : ndarray of shape (R, d), float64, L2-normalised
+        Memory i's stored rows are rows[starts[i]:starts[i] + lengths[i]].
+    starts, lengths : ndarray of shape (c,), int64
+    labels : ndarray of shape (sum lengths,), int64
+        The stored rows' labels, memory after memory.
+    queries, counts, k
+        As in :func:`knn_vote_packed`.
+
+    Returns
+    -------
+    label, support : ndarray of shape (sum counts,), int64
     """
-    from numba.typed import List
-
     from meds_core.clustering._vote_kernel import knn_vote_kernel
 
     m = np.asarray(counts, dtype=np.int64)
-    n = np.fromiter(map(len, stored), dtype=np.int64, count=len(stored))
-    q_off, s_off = np.zeros(len(m) + 1, dtype=np.int64), np.zeros(len(n) + 1, dtype=np.int64)
+    q_off = np.zeros(len(m) + 1, dtype=np.int64)
     np.cumsum(m, out=q_off[1:])
-    np.cumsum(n, out=s_off[1:])
     Q = np.ascontiguousarray(queries, dtype=np.float64)
-    if not len(stored):
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    rows = List([np.ascontiguousarray(s, dtype=np.float64) for s in stored])
-    labels = np.concatenate(stored_labels).astype(np.int64, copy=False)
-    return knn_vote_kernel(rows, labels, s_off, Q, q_off, int(k))
+    return knn_vote_kernel(np.ascontiguousarray(rows, dtype=np.float64), np.asarray(starts, dtype=np.int64),
+                           np.asarray(lengths, dtype=np.int64), np.asarray(labels, dtype=np.int64), Q, q_off, int(k))
 
 
 def knn_vote_packed_for(backend: str):

@@ -59,20 +59,23 @@ def _vote(near_lab, kk):
 
 
 @kernel(parallel=True)
-def knn_vote_kernel(stored, labels, s_off, Q, q_off, k):
+def knn_vote_kernel(rows, s_start, s_len, labels, Q, q_off, k):
     """Vote of every query row over its memory's stored rows.
 
-    stored: typed list of c arrays [n_i, d] f64 (unit rows); labels [sum n_i] int64 (>= -1), memory p's at
-    s_off[p]:s_off[p+1]; Q [Nq, d] f64 queries (unit), q_off [c+1] int64 (a memory with queries has n_i >= 1)
-    -> label [Nq] int64, support [Nq] int64.
+    rows [R, d] f64 (unit rows): memory p's stored rows are rows[s_start[p]:s_start[p] + s_len[p]] (int64 [c] each);
+    labels [sum s_len] int64 (>= -1), memory after memory; Q [Nq, d] f64 queries (unit), q_off [c+1] int64 (a memory
+    with queries has s_len >= 1) -> label [Nq] int64, support [Nq] int64.
     """
     d = Q.shape[1]
     label = np.empty(Q.shape[0], dtype=np.int64)
     support = np.empty(Q.shape[0], dtype=np.int64)
     offset = _SCALE + _ROUND
-    for it in prange(q_off.shape[0] - 1):
-        p = np.int64(it)  # prange's index is unsigned; typed lists take a signed one
-        S, s_lab, qa, qb = stored[p], labels[s_off[p]:s_off[p + 1]], q_off[p], q_off[p + 1]
+    l_off = np.zeros(s_len.shape[0] + 1, dtype=np.int64)
+    for p in range(s_len.shape[0]):
+        l_off[p + 1] = l_off[p] + s_len[p]
+    for p in prange(q_off.shape[0] - 1):
+        S, s_lab = rows[s_start[p]:s_start[p] + s_len[p]], labels[l_off[p]:l_off[p + 1]]
+        qa, qb = q_off[p], q_off[p + 1]
         n = S.shape[0]
         if qb == qa or n == 0:
             continue

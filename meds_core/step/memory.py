@@ -9,7 +9,8 @@ One RL step, for every memory the batch touches:
      (both its correctness memories); prompts of the current batch are never evicted.
 
 Storage: rows float32 and labels int32 per row between steps (the unit rows used by the vote and the clustering are
-recomputed, in float64, for the memories a step touches); with the numba backend and ``min_samples = 1`` also each
+recomputed, in float64, for the memories a step touches, into one buffer that is kept for the next step: 8 bytes per
+feature per row of the largest step so far); with the numba backend and ``min_samples = 1`` also each
 memory's MST (n - 1 edges of 24 bytes) for the incremental clustering, kept in memory only, never in the file (a
 loaded memory rebuilds it on its first touch).
 """
@@ -180,6 +181,7 @@ class ErrorMemory:
         self._dim: int | None = None
         self._step = 0
         self._total = 0  # rows stored over all memories
+        self._scratch: np.ndarray | None = None  # float64 rows of the largest step so far, rewritten every step
 
     # ------------------------------------------------------------------ queries
     def __len__(self) -> int:
@@ -307,24 +309,23 @@ class ErrorMemory:
                       rows, feats[rows])
 
     def _step_rows(self, batch: _Batch) -> _StepRows | None:
-        """The float64 rows of the step (see :class:`_StepRows`), from ONE parallel kernel call over every touched
-        memory's stored float32 rows and the batch's (None under the 'single' method, which needs none). The kernel
-        is row-wise with a fixed order of operations, so every row comes out bit for bit as when it arrived (tests
+        """The float64 rows of the step (see :class:`_StepRows`), from one parallel pass over every touched memory's
+        stored float32 rows and the batch's (None under the 'single' method, which needs none). The kernels are
+        row-wise with a fixed order of operations, so every row comes out bit for bit as when it arrived (tests
         check this): the kept MSTs rely on it. Used by the vote (stored rows, queries) and the clustering (the kept
         stored rows and the new ones: the last rows of each memory's block)."""
         if self.config.cluster_method == "single":
             return None
         F, empty = batch.feats.shape[1], np.empty((0, batch.feats.shape[1]), np.float32)
-        parts, stored, a = [], [], 0
-        for mk, b in zip(batch.keys, np.cumsum(batch.counts).tolist()):
-            slot = self._slots.get(mk)
-            parts.append(slot.rows if slot is not None and slot.n else empty)
-            parts.append(batch.feats[a:b])
-            stored.append(len(parts[-2]))
-            a = b
-        unit, part_offsets = rows_packed(parts, F)
-        rows = unit if self.config.l2_normalize else rows_packed(parts, F, normalize=False)[0]
-        return _StepRows(unit, rows, part_offsets[0::2].copy(), np.asarray(stored, dtype=np.int64))
+        get = self._slots.get
+        parts = [slot.rows if slot is not None and slot.n else empty for slot in map(get, batch.keys)]
+        stored = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+        need = int(stored.sum()) + len(batch.feats)
+        if self._scratch is None or self._scratch.shape[0] < need or self._scratch.shape[1] != F:
+            self._scratch = np.empty((need + need // 4, F))  # reused by later steps: no page faults on fresh memory
+        unit, offsets = rows_packed(parts, F, True, batch.feats, batch.counts, out=self._scratch)
+        rows = unit if self.config.l2_normalize else rows_packed(parts, F, False, batch.feats, batch.counts)[0]
+        return _StepRows(unit, rows, offsets, stored)
 
     def _assign(self, batch: _Batch, B: int, step_rows: _StepRows | None) -> tuple[np.ndarray, np.ndarray]:
         """Steps 1-2: k-NN vote over STORED rows and the size of the voted cluster. -> label, size [B] int64.
@@ -343,12 +344,12 @@ class ErrorMemory:
         if self.config.cluster_method == "single":
             label[rows], size[rows] = 0, np.repeat([s.n for s in old], counts)
             return label, size
-        unit, offsets, stored = step_rows.unit, step_rows.offsets.tolist(), step_rows.stored.tolist()
-        first_new = np.repeat(step_rows.offsets[:-1] + step_rows.stored - (np.cumsum(batch.counts) - batch.counts),
+        unit, starts, stored = step_rows.unit, step_rows.offsets[:-1], step_rows.stored
+        first_new = np.repeat(starts + stored - (np.cumsum(batch.counts) - batch.counts),
                               batch.counts) + np.arange(len(batch.rows))  # each batch row's place in ``unit``
-        label[rows], size[rows] = self._engine.vote([unit[o:o + n] for o, n in zip(offsets, stored) if n],
-                                                    [s.labels.astype(np.int64) for s in old], unit[first_new[queries]],
-                                                    counts, self.config.knn_k)  # same rule, results on every backend
+        label[rows], size[rows] = self._engine.vote_rows(  # same rule, same results on every backend
+            unit, starts[has], stored[has], np.concatenate([s.labels for s in old]).astype(np.int64),
+            unit[first_new[queries]], counts, self.config.knn_k)
         if self.config.noise_policy == "ignore":
             size[label == -1] = 0
         return label, size
