@@ -253,6 +253,38 @@ def measure_cell(cell: Cell, args, numba, progress: Progress) -> list[dict]:
     return rows
 
 
+def _environment() -> dict:
+    """The machine and the versions a result was measured with."""
+    import importlib.metadata as md
+    import subprocess
+
+    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+               platform.processor())
+    versions = {}
+    for pkg in ("numpy", "numba", "hdbscan", "scikit-learn"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = "not installed"
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=here).stdout.strip()
+        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                                     text=True, cwd=here).stdout.strip():
+            commit += " with uncommitted changes"
+    except OSError:
+        commit = ""
+    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), **versions,
+            "commit": commit or "unknown"}
+
+
+def _environment_line(env: dict) -> str:
+    return ("Machine: " + f"{env['cpu']}, {env['cpus']} CPUs; Python {env['python']}, numpy {env['numpy']}, numba "
+            f"{env['numba']}, hdbscan {env['hdbscan']}, scikit-learn {env['scikit-learn']}; meds_core at "
+            f"{env['commit']}.")
+
+
 def _fmt(v, spec=".1f"):
     return "n/a" if v is None else format(v, spec)
 
@@ -434,6 +466,7 @@ def stream(args) -> None:
                   f"{rows[-1]['full_ms']:8.1f} ms  MSTs {kept}/{P} ({mst_bytes / 2**20:.1f} MiB) {extra}",
                   file=sys.stderr)
     loadavg_end = open("/proc/loadavg").read().split()[:3]
+    env = _environment()
     minutes = (time.perf_counter() - t_start) / 60
     lines = ["# Stream mode: one MEDS step (k-NN vote + cluster sizes + clustering) as memories grow to the cap", "",
              f"P = {P} memories, m = {m} new rows per memory per step, d = {d}, cap (max_rows_per_memory) {cap}, "
@@ -449,6 +482,7 @@ def stream(args) -> None:
              "both columns run full recomputation (MSTs kept 0) and their ratio only shows the measurement noise. "
              "CPU ms: CPU time of the process during the update (all threads; less sensitive to a co-tenant than "
              "wall time, but it counts numba's threads spinning while they wait for work).",
+             "", _environment_line(env),
              "", "| mcs/ms | n | incremental ms | full engine ms | full / incremental | incremental CPU ms "
              "| full CPU ms | full / incremental CPU | hdbscan library loop ms "
              "| reference step ms | reference / incremental | MSTs kept | MST MiB (rows MiB) | stall |",
@@ -473,7 +507,7 @@ def stream(args) -> None:
     with open(out + ".md", "w") as f:
         f.write(table + "\n")
     with open(out + ".json", "w") as f:
-        json.dump({"args": vars(args), "loadavg": [loadavg, loadavg_end], "cpus": os.cpu_count(),
+        json.dump({"args": vars(args), "loadavg": [loadavg, loadavg_end], "environment": env, "cpus": os.cpu_count(),
                    "numba_threads": numba.get_num_threads(), "minutes": minutes, "rows": rows}, f, indent=2)
 
 

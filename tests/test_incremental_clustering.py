@@ -251,3 +251,15 @@ def test_starts_skip_rows_and_give_the_labels_of_the_sliced_problems():
         assert s is not None
     with pytest.raises(ValueError, match="starts"):
         hdbscan_incremental(X, [0, 0], [empty, empty], 2, offsets=offsets, starts=np.array([41, 55]))
+
+
+def test_kept_state_owns_its_edges():
+    """Each memory's MST is its own arrays: a view into the step's packed output would keep every other memory's
+    edges of that step alive as long as this one memory lives (unbounded RAM when memories are touched unevenly)."""
+    X = _stream(3, 120, 4, 12, 0.0)
+    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    _, states = hdbscan_incremental([X[:40], X[40:80], X[80:]], [0, 0, 0], [empty] * 3, 2)
+    for state in states:
+        assert state is not None
+        for part in state:
+            assert part.base is None and part.flags.owndata, "the state must not be a view of the step's output"

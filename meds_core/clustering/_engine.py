@@ -287,5 +287,6 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
             labels[i] = lab[first[j]:offs[j + 1]]
             if ok[j]:
                 a, b = out_offs[j], out_offs[j + 1]
-                msts[i] = (src[a:b], dst[a:b], wsq[a:b])
+                # copies: a view would keep the whole step's edge arrays alive while any one memory's state lives
+                msts[i] = (src[a:b].copy(), dst[a:b].copy(), wsq[a:b].copy())
     return labels, msts
