@@ -263,3 +263,58 @@ def test_kept_state_owns_its_edges():
         assert state is not None
         for part in state:
             assert part.base is None and part.flags.owndata, "the state must not be a view of the step's output"
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.integers(1, 14), n=st.integers(1, 40), decimals=st.sampled_from([0, 1, 8]),
+       pick=st.floats(0.0, 1.0))
+def test_pruned_distances_keep_every_column_within_the_cutoff_bit_for_bit(seed, d, n, decimals, pick):
+    """The reconnect scan's pruned distances (blocks of four features, columns above the cutoff left after each)
+    against the plain ones: every column at or below the cutoff is returned, with the same bits; the cutoff is one
+    of the distances, so columns equal to it (ties) are included."""
+    from meds_core.clustering._core_distances import sq_dists_from, sq_dists_upto
+
+    rng = np.random.default_rng(seed)
+    XT = np.ascontiguousarray(np.round(rng.normal(size=(d, n + 1)), decimals))
+    x = XT[:, 0].copy()
+    lo = int(rng.integers(0, n + 1))
+    want = np.empty(n + 1)
+    sq_dists_from(x, XT, lo, n + 1, want)
+    want = want[:n + 1 - lo]
+    cutoff = float(np.sort(want)[int(pick * (len(want) - 1))]) if len(want) else 0.0
+    got, idx = np.empty(n + 1), np.empty(n + 1, dtype=np.int64)
+    c = sq_dists_upto(x, XT, lo, n + 1, got, idx, cutoff)
+    kept = idx[:c]
+    assert (np.diff(kept) > 0).all()
+    np.testing.assert_array_equal(got[kept], want[kept])
+    assert set(np.flatnonzero(want <= cutoff).tolist()) <= set(kept.tolist())
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), d=st.sampled_from([9, 14]), decimals=st.sampled_from([1, 8]),
+       dup=st.sampled_from([0.0, 0.2]), m=st.sampled_from([4, 16]), cap=st.sampled_from([40, 96]))
+def test_fifo_steps_at_the_cap_equal_full_recomputation_in_many_dimensions(seed, d, decimals, dup, m, cap):
+    """At the cap every step drops the m oldest rows and adds m: the reconnect (pieces bounded by the rows next to
+    the dropped ones, pruned distances over several feature blocks) gives the full engine's labels and MST."""
+    X = _stream(seed, cap + 6 * m, d, decimals, dup)
+    from meds_core.clustering._incremental import incremental_mst
+
+    state, n_old, lo, hi, reconnected = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0, 0, 0, 0
+    while hi < len(X):
+        hi = min(hi + m, len(X))
+        gone = max(hi - lo - cap, 0)
+        lo += gone
+        rows = X[lo:hi]
+        (got,), (new_state,) = hdbscan_incremental([rows], [n_old], [state], drop=[gone], **PARAMS[0])
+        (want,) = hdbscan_batch([rows], **PARAMS[0])
+        np.testing.assert_array_equal(got, want, err_msg=f"rows {lo}:{hi}")
+        if new_state is not None:
+            (src, dst, dist), = mst_edges([rows], 1)
+            assert sorted(zip(np.minimum(src, dst).tolist(), np.maximum(src, dst).tolist())) == sorted(
+                zip(np.minimum(new_state[0], new_state[1]).tolist(), np.maximum(new_state[0], new_state[1]).tolist()))
+        if n_old >= 0 and gone > 0 and decimals == 8 and dup == 0.0:  # tie-free: the reconnect itself succeeds
+            u, v, w_sq, ok = incremental_mst(rows, n_old, gone, *state)
+            assert ok and (u == new_state[0]).all() and (v == new_state[1]).all() and (w_sq == new_state[2]).all()
+            reconnected += 1
+        state, n_old = new_state, (len(rows) if new_state is not None else -1)
+    assert reconnected >= 6 or not (decimals == 8 and dup == 0.0)

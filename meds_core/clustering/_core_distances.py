@@ -36,6 +36,51 @@ def sq_dists_from(x, XT, lo, hi, out):
 
 
 @kernel
+def sq_dists_upto(x, XT, lo, hi, out, idx, cutoff):
+    """:func:`sq_dists_from` for the columns whose squared distance can be at most ``cutoff``: the same sums, in the
+    same order, but after each block of four features the columns already above ``cutoff`` are left (a partial sum
+    of squares only grows, and so does its rounding). -> c: out[idx[s]] (idx [>= hi - lo] int64, s < c) holds the
+    exact distance of column lo + idx[s], for every column whose distance is <= cutoff (and maybe a few others);
+    the other entries of out are partial sums above ``cutoff``."""
+    d = XT.shape[0]
+    m = hi - lo
+    for j in range(m):
+        out[j] = 0.0
+    k = 0
+    while k + 4 <= d and k < 8:  # the first blocks over every column, vectorised
+        a0, a1, a2, a3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+        r0, r1, r2, r3 = XT[k, lo:hi], XT[k + 1, lo:hi], XT[k + 2, lo:hi], XT[k + 3, lo:hi]
+        for j in range(m):
+            t0, t1, t2, t3 = a0 - r0[j], a1 - r1[j], a2 - r2[j], a3 - r3[j]
+            out[j] = (((out[j] + t0 * t0) + t1 * t1) + t2 * t2) + t3 * t3
+        k += 4
+    c = 0
+    for j in range(m):
+        idx[c] = j
+        c += out[j] <= cutoff
+    while k + 4 <= d:
+        a0, a1, a2, a3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+        c2 = 0
+        for s in range(c):
+            j = idx[s]
+            t0, t1, t2, t3 = a0 - XT[k, lo + j], a1 - XT[k + 1, lo + j], a2 - XT[k + 2, lo + j], a3 - XT[k + 3, lo + j]
+            v = (((out[j] + t0 * t0) + t1 * t1) + t2 * t2) + t3 * t3
+            out[j] = v
+            idx[c2] = j
+            c2 += v <= cutoff
+        c = c2
+        k += 4
+    while k < d:
+        a0 = x[k]
+        for s in range(c):
+            j = idx[s]
+            t0 = a0 - XT[k, lo + j]
+            out[j] = out[j] + t0 * t0
+        k += 1
+    return c
+
+
+@kernel
 def min_bits(bits, m):
     """Smallest of bits[:m] int64, m >= 1. Used on float64 arrays of values >= +0.0 viewed as int64: their bit
     patterns order like the values, and an integer min-reduction vectorises (a float one needs fastmath)."""

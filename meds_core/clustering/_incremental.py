@@ -29,7 +29,7 @@ import numpy as np
 from numba import prange
 
 from meds_core.clustering._condensed_tree import merge_in_order
-from meds_core.clustering._core_distances import sq_dists_from
+from meds_core.clustering._core_distances import sq_dists_from, sq_dists_upto
 from meds_core.clustering._jit import kernel
 from meds_core.clustering._pipeline import _transposed, labels_from_merges, mst_one, tree_labels
 
@@ -156,7 +156,94 @@ def _sorted_by_weight(u, v, w):
 
 
 @kernel
-def _reconnect(XT, kept, fu, fv, fw):
+def _bridge_pairs(drop, u_old, v_old):
+    """Pairs of kept rows that the old tree (u_old, v_old [n_old-1] int64) joined through dropped rows (0..drop-1):
+    per group of dropped rows connected in the tree, every pair of the kept rows next to the group. Together they
+    join every piece the drop leaves. -> pu, pv [p] int64, numbered as kept rows (old index - drop)."""
+    grp = np.arange(max(drop, 1))
+    E = u_old.shape[0]
+    for e in range(E):
+        if u_old[e] < drop and v_old[e] < drop:
+            a, b = _root(grp, u_old[e]), _root(grp, v_old[e])
+            grp[a] = b
+    deg = np.zeros(drop + 1, dtype=np.int64)
+    for e in range(E):
+        a, b = u_old[e], v_old[e]
+        if (a < drop) != (b < drop):
+            deg[_root(grp, min(a, b)) + 1] += 1
+    start = np.cumsum(deg)
+    fill = start[:-1].copy()
+    nb = np.empty(start[-1], dtype=np.int64)
+    for e in range(E):
+        a, b = u_old[e], v_old[e]
+        if (a < drop) != (b < drop):
+            g = _root(grp, min(a, b))
+            nb[fill[g]] = max(a, b) - drop
+            fill[g] += 1
+    cnt = 0
+    for g in range(drop):
+        k = start[g + 1] - start[g]
+        cnt += k * (k - 1) // 2
+    pu = np.empty(cnt, dtype=np.int64)
+    pv = np.empty(cnt, dtype=np.int64)
+    z = 0
+    for g in range(drop):
+        for i in range(start[g], start[g + 1]):
+            for j in range(i + 1, start[g + 1]):
+                pu[z], pv[z] = nb[i], nb[j]
+                z += 1
+    return pu, pv
+
+
+@kernel
+def _bridge_bounds(XT, c, k, pu, pv):
+    """For every pair of pieces (c [kept] int64: each kept row's piece, 0..k-1), the heaviest edge on their path in a
+    spanning tree U of the pieces made of the bridge pairs (pu, pv [p] int64; squared weights from XT [d, n] f64 by
+    the scan's own formula) -> tau [k, k] f64 (inf where U does not join them). Once the pieces are contracted, an
+    edge between pieces a and b strictly heavier than tau[a, b] is the strict maximum of a cycle of real edges, so it
+    is in no MST."""
+    d = XT.shape[0]
+    p = pu.shape[0]
+    pw = np.empty(p)
+    x = np.empty(d)
+    one = np.empty(1)
+    for z in range(p):
+        for q in range(d):
+            x[q] = XT[q, pu[z]]
+        sq_dists_from(x, XT, pv[z], pv[z] + 1, one)
+        pw[z] = one[0]
+    parent = np.arange(k)
+    ua = np.empty(max(k - 1, 0), dtype=np.int64)
+    ub = np.empty(max(k - 1, 0), dtype=np.int64)
+    uw = np.empty(max(k - 1, 0))
+    t = 0
+    for z in np.argsort(pw, kind="mergesort"):
+        a, b = c[pu[z]], c[pv[z]]
+        ra, rb = _root(parent, a), _root(parent, b)
+        if ra != rb:
+            parent[ra] = rb
+            ua[t], ub[t], uw[t] = a, b, pw[z]
+            t += 1
+    start, nb, nw = _tree_adjacency(k, ua[:t], ub[:t], uw[:t])
+    tau = np.full((k, k), np.inf)
+    stack = np.empty(k, dtype=np.int64)
+    for s in range(k):
+        tau[s, s] = 0.0
+        stack[0], top = s, 1
+        while top > 0:
+            top -= 1
+            a = stack[top]
+            for z in range(start[a], start[a + 1]):
+                b = nb[z]
+                if tau[s, b] == np.inf:
+                    tau[s, b] = nw[z] if nw[z] > tau[s, a] else tau[s, a]
+                    stack[top] = b
+                    top += 1
+    return tau
+
+
+@kernel
+def _reconnect(XT, kept, fu, fv, fw, pu, pv):
     """The unique MST of the kept rows (columns 0..kept-1 of XT [d, n] f64) from the forest F (fu, fv [f] int64, fw [f]
     f64 squared, sorted) that the old unique MST leaves after rows were dropped, or ok False when it is not unique.
 
@@ -166,7 +253,9 @@ def _reconnect(XT, kept, fu, fv, fw):
     compared with the rows of the largest and of every component after their own (each pair once), laid out
     component by component and sorted by one coordinate, so that each lightest edge is the minimum of a contiguous
     run, cut to the rows within the best distance so far in that coordinate (plus rounding margins): at worst
-    O(outside * kept * d) time, no sort of those pairs. -> tu, tv, tw (sorted), ok."""
+    O(outside * kept * d) time, no sort of those pairs. The search between two pieces starts from their bound in
+    :func:`_bridge_bounds` (from the bridge pairs pu, pv [p] int64 of :func:`_bridge_pairs`) instead of infinity: only
+    edges up to it can join the MST, so the windows are narrow from the first row on. -> tu, tv, tw (sorted), ok."""
     if fu.shape[0] == kept - 1 or kept < 2:
         return fu, fv, fw, True
     comp = np.arange(kept)
@@ -187,7 +276,8 @@ def _reconnect(XT, kept, fu, fv, fw):
     c = np.empty(kept, dtype=np.int64)
     for i in range(kept):
         c[i] = ids[comp[i]]
-    best = np.full((k, k), np.inf)
+    best = _bridge_bounds(XT, c, k, pu, pv)  # then the lightest edge found so far, where found
+    found = np.zeros((k, k), dtype=np.bool_)
     ties = np.zeros((k, k), dtype=np.bool_)
     bu = np.zeros((k, k), dtype=np.int64)
     bv = np.zeros((k, k), dtype=np.int64)
@@ -227,6 +317,7 @@ def _reconnect(XT, kept, fu, fv, fw):
     key = XP[qa]
     x = np.empty(d)
     row = np.empty(kept)
+    idx = np.empty(kept, dtype=np.int64)
     nb = start[1]  # rows of the largest component: positions 0..nb-1
     for pi in range(nb, kept):  # every row outside it, against the largest and the components after its own
         i = perm[pi]
@@ -246,33 +337,33 @@ def _reconnect(XT, kept, fu, fv, fw):
                           lo + np.searchsorted(key[lo:hi], x[qa] + h, side="right"))
             if hi <= lo:
                 continue
-            sq_dists_from(x, XP, lo, hi, row)
             w, at, many = np.inf, lo, False
-            for t in range(hi - lo):
+            for s in range(sq_dists_upto(x, XP, lo, hi, row, idx, best[a, b])):
+                t = idx[s]  # ascending: the first of equal minima is the same one a full scan finds
                 v = row[t]
                 if v < w:
                     w, at, many = v, lo + t, False
                 elif v == w:
                     many = True
-            if w < best[a, b]:
-                best[a, b], ties[a, b], bu[a, b], bv[a, b] = w, many, i, perm[at]
+            if w < best[a, b] or (w == best[a, b] and not found[a, b]):
+                best[a, b], ties[a, b], bu[a, b], bv[a, b], found[a, b] = w, many, i, perm[at], True
             elif w == best[a, b]:
                 ties[a, b] = True
     cnt = 0
     for a in range(k):
         for b in range(a + 1, k):
-            cnt += 1 + ties[a, b]
-    pu = np.empty(cnt, dtype=np.int64)
-    pv = np.empty(cnt, dtype=np.int64)
-    pw = np.empty(cnt)
+            cnt += found[a, b] * (1 + ties[a, b])
+    eu = np.empty(cnt, dtype=np.int64)
+    ev = np.empty(cnt, dtype=np.int64)
+    ew = np.empty(cnt)
     z = 0
     for a in range(k):
         for b in range(a + 1, k):
-            for _ in range(1 + ties[a, b]):
-                pu[z], pv[z], pw[z] = bu[a, b], bv[a, b], best[a, b]
+            for _ in range(found[a, b] * (1 + ties[a, b])):
+                eu[z], ev[z], ew[z] = bu[a, b], bv[a, b], best[a, b]
                 z += 1
-    pu, pv, pw = _sorted_by_weight(pu, pv, pw)
-    tu, tv, tw, ok = _kruskal_merge(kept, fu, fv, fw, pu, pv, pw)
+    eu, ev, ew = _sorted_by_weight(eu, ev, ew)
+    tu, tv, tw, ok = _kruskal_merge(kept, fu, fv, fw, eu, ev, ew)
     return tu, tv, tw, ok and tu.shape[0] == kept - 1
 
 
@@ -395,7 +486,8 @@ def incremental_mst(X, n_old, drop, u_old, v_old, w_old):
             if u_old[e] >= drop and v_old[e] >= drop:
                 fu[f], fv[f], fw[f] = u_old[e] - drop, v_old[e] - drop, w_old[e]
                 f += 1
-        tu, tv, tw, ok = _reconnect(XT, kept, fu, fv, fw)
+        pu, pv = _bridge_pairs(drop, u_old, v_old)
+        tu, tv, tw, ok = _reconnect(XT, kept, fu, fv, fw, pu, pv)
         if not ok:
             return tu, tv, tw, False
     else:
