@@ -8,7 +8,7 @@ edges sorted by weight.
 * FIFO drop (:func:`_reconnect`): the old tree edges between kept rows form a forest F that lies in every MST of the
   kept rows; only the lightest edge between two components of F can join them. Cost O(outside * kept * d), outside =
   rows not in F's largest component (no sort of those pairs).
-* New rows (:func:`_insertion_candidates`, :func:`_path_survivors`): old non-tree edges stay strictly heavier than
+* New rows (:func:`_insertion_candidates`): old non-tree edges stay strictly heavier than
   the new tree paths, so the new MST is the MST of the kept rows' tree plus edges incident to a new row; of those,
   an edge (j, z) is left out when it is strictly heavier than both z's lightest edge (to j*) and the heaviest tree
   edge between j and j*, read as a running maximum over the tree's single-linkage leaf order (typically a few edges
@@ -243,6 +243,30 @@ def _bridge_bounds(XT, c, k, pu, pv):
 
 
 @kernel
+def _first_at_least(key, lo, hi, y):
+    """First position in [lo, hi) of the ascending key [n] f64 with key >= y (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if key[mid] < y:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@kernel
+def _first_above(key, lo, hi, y):
+    """First position in [lo, hi) of the ascending key [n] f64 with key > y (hi if none)."""
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if key[mid] <= y:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@kernel
 def _reconnect(XT, kept, fu, fv, fw, pu, pv):
     """The unique MST of the kept rows (columns 0..kept-1 of XT [d, n] f64) from the forest F (fu, fv [f] int64, fw [f]
     f64 squared, sorted) that the old unique MST leaves after rows were dropped, or ok False when it is not unique.
@@ -333,8 +357,9 @@ def _reconnect(XT, kept, fu, fv, fw, pu, pv):
             a, b = (ci, cj) if ci < cj else (cj, ci)
             if best[a, b] < np.inf:  # margins keep every pair that rounding could bring to the minimum
                 h = np.sqrt(best[a, b]) * (1.0 + 1e-9) + 1e-12 * (abs(x[qa]) + spread)
-                lo, hi = (lo + np.searchsorted(key[lo:hi], x[qa] - h, side="left"),
-                          lo + np.searchsorted(key[lo:hi], x[qa] + h, side="right"))
+                if hi <= lo or key[lo] > x[qa] + h or key[hi - 1] < x[qa] - h:
+                    continue
+                lo, hi = _first_at_least(key, lo, hi, x[qa] - h), _first_above(key, lo, hi, x[qa] + h)
             if hi <= lo:
                 continue
             w, at, many = np.inf, lo, False
@@ -398,69 +423,87 @@ def _leaf_order(n, u, v, w):
 
 
 @kernel
-def _path_survivors(leaf, pos, gap, D, kept, keep):
-    """Which edges (j, z) from the new rows z to the kept rows can be in the MST, given the kept rows' unique MST T
-    as its :func:`_leaf_order` (leaf, pos, gap) and the squared distances D [m, >= kept] f64 of the new rows to the
-    kept ones: keep[a, j] ([m, kept] bool, all True on entry) is set False where the edge of kept row j and new row a
-    is strictly heavier than both the new row's lightest edge (to j*) and the heaviest tree edge on the path from j to
-    j*. It is then strictly the heaviest edge of the cycle (j, a) + (a, j*) + path(j*, j), so it is in no MST. One
-    contiguous walk outwards from j*'s position per new row, carrying the running maximum gap: O(m * kept)."""
-    m = D.shape[0]
-    for a in range(m):
-        row = D[a]
-        js = 0
-        for j in range(1, kept):
-            if row[j] < row[js]:
-                js = j
-        p = pos[js]
-        lim = row[js]
-        for i in range(p + 1, kept):
-            lim = gap[i - 1] if gap[i - 1] > lim else lim
-            j = leaf[i]
-            keep[a, j] = row[j] <= lim
-        lim = row[js]
-        for i in range(p - 1, -1, -1):
-            lim = gap[i] if gap[i] > lim else lim
-            j = leaf[i]
-            keep[a, j] = row[j] <= lim
+def _leaf_major(X, leaf, kept):
+    """X [n, d] f64 transposed, the kept rows in the order leaf [kept] int64, then the new rows (kept..n-1) in order
+    -> [d, n] f64."""
+    n, d = X.shape
+    XL = np.empty((d, n))
+    for q in range(d):  # contiguous writes, as in _transposed
+        for i in range(kept):
+            XL[q, i] = X[leaf[i], q]
+        for i in range(kept, n):
+            XL[q, i] = X[i, q]
+    return XL
 
 
 @kernel
-def _insertion_candidates(XT, kept, tu, tv, tw):
-    """Edges incident to the new rows (columns kept..n-1 of XT [d, n] f64) that can be in the MST of all rows, given
-    the unique MST (tu, tv, tw) of the kept rows: all new-new edges, and per new row the edges to kept rows that
-    :func:`_path_survivors` keeps. Each edge left out is strictly the heaviest of a cycle of tree edges and a
-    candidate, so it is in no MST, and the MST of the candidates is unique exactly when the MST of all rows is.
-    O(m * kept * d) distances, O(m * kept) filtering. -> u, v [c] int64, w [c] f64 sorted by w."""
-    d, n = XT.shape
+def _grown(u, v, w):
+    """The edge arrays (u, v [c] int64, w [c] f64) copied into arrays twice as long."""
+    c = u.shape[0]
+    u2, v2, w2 = np.empty(2 * c, dtype=np.int64), np.empty(2 * c, dtype=np.int64), np.empty(2 * c)
+    u2[:c], v2[:c], w2[:c] = u, v, w
+    return u2, v2, w2
+
+
+@kernel
+def _insertion_candidates(X, kept, tu, tv, tw):
+    """Edges incident to the new rows (rows kept..n-1 of X [n, d] f64) that can be in the MST of all rows, given the
+    unique MST T (tu, tv, tw) of the kept rows: all new-new edges, and per new row a the edges to kept rows j that
+    survive the path filter. With j* the row of a's lightest edge, the edge (j, a) is left out when it is strictly
+    heavier than both (a, j*) and the heaviest edge of T on the path from j to j*: it is then strictly the heaviest
+    edge of the cycle (j, a) + (a, j*) + path(j*, j), so it is in no MST, and the MST of the candidates is unique
+    exactly when the MST of all rows is. That heaviest path edge is the largest gap between j and j* in T's
+    :func:`_leaf_order`; the kept rows' distances are computed in that order, so the filter is one walk outwards
+    from j* per new row, carrying the running maximum (typically a few edges per new row remain). O(m * kept * d)
+    distances, O(m * kept) filtering. -> u, v [c] int64, w [c] f64 sorted by w."""
+    n, d = X.shape
     m = n - kept
-    D = np.empty((m, n))
-    x = np.empty(d)
-    for a in range(m):
-        for q in range(d):
-            x[q] = XT[q, kept + a]
-        sq_dists_from(x, XT, 0, kept + a, D[a])
-    keep = np.ones((m, max(kept, 1)), dtype=np.bool_)
     if kept >= 2:
         leaf, pos, gap = _leaf_order(kept, tu, tv, tw)
-        _path_survivors(leaf, pos, gap, D, kept, keep)
-    k = m * (m - 1) // 2
-    for a in range(m):
-        for j in range(kept):
-            k += keep[a, j]
-    u = np.empty(k, dtype=np.int64)
-    v = np.empty(k, dtype=np.int64)
-    w = np.empty(k)
+    else:
+        leaf, gap = np.arange(kept), np.empty(0)
+    XL = _leaf_major(X, leaf, kept)
+    c = m * (m - 1) // 2 + 8 * m + 8
+    u, v, w = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.int64), np.empty(c)
+    row = np.empty(n)
+    surv = np.empty(kept + 1, dtype=np.int64)
+    x = np.empty(d)
     k = 0
     for a in range(m):
+        for q in range(d):
+            x[q] = XL[q, kept + a]
+        sq_dists_from(x, XL, 0, kept + a, row)
+        while k + a > u.shape[0]:
+            u, v, w = _grown(u, v, w)
         for b in range(a):
-            u[k], v[k], w[k] = kept + b, kept + a, D[a, kept + b]
+            u[k], v[k], w[k] = kept + b, kept + a, row[kept + b]
             k += 1
-        for j in range(kept):
-            if keep[a, j]:
-                u[k], v[k], w[k] = j, kept + a, D[a, j]
-                k += 1
-    return _sorted_by_weight(u, v, w)
+        if kept == 0:
+            continue
+        ps = 0
+        for i in range(1, kept):
+            if row[i] < row[ps]:
+                ps = i
+        nk = 0  # positions of the survivors: j* itself, then outwards to the right, then to the left
+        surv[nk] = ps
+        nk += 1
+        lim = row[ps]
+        for i in range(ps + 1, kept):
+            lim = gap[i - 1] if gap[i - 1] > lim else lim
+            surv[nk] = i
+            nk += row[i] <= lim
+        lim = row[ps]
+        for i in range(ps - 1, -1, -1):
+            lim = gap[i] if gap[i] > lim else lim
+            surv[nk] = i
+            nk += row[i] <= lim
+        while k + nk > u.shape[0]:
+            u, v, w = _grown(u, v, w)
+        for t in range(nk):
+            i = surv[t]
+            u[k], v[k], w[k] = leaf[i], kept + a, row[i]
+            k += 1
+    return _sorted_by_weight(u[:k], v[:k], w[:k])
 
 
 @kernel
@@ -475,7 +518,6 @@ def incremental_mst(X, n_old, drop, u_old, v_old, w_old):
     heavier than its tree path, so it stays out when rows are added."""
     n = X.shape[0]
     kept = n_old - drop
-    XT = _transposed(X)
     if drop > 0:
         f = 0
         for e in range(u_old.shape[0]):
@@ -487,14 +529,14 @@ def incremental_mst(X, n_old, drop, u_old, v_old, w_old):
                 fu[f], fv[f], fw[f] = u_old[e] - drop, v_old[e] - drop, w_old[e]
                 f += 1
         pu, pv = _bridge_pairs(drop, u_old, v_old)
-        tu, tv, tw, ok = _reconnect(XT, kept, fu, fv, fw, pu, pv)
+        tu, tv, tw, ok = _reconnect(_transposed(X), kept, fu, fv, fw, pu, pv)
         if not ok:
             return tu, tv, tw, False
     else:
         tu, tv, tw = u_old, v_old, w_old
     if n == kept:
         return tu, tv, tw, True
-    cu, cv, cw = _insertion_candidates(XT, kept, tu, tv, tw)
+    cu, cv, cw = _insertion_candidates(X, kept, tu, tv, tw)
     su, sv, sw, ok = _kruskal_merge(n, tu, tv, tw, cu, cv, cw)
     return su, sv, sw, ok and su.shape[0] == max(n - 1, 0)
 
