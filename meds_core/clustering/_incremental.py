@@ -6,7 +6,9 @@ previous rows' MST, UNIQUE (every non-tree edge strictly heavier than the heavie
 edges sorted by weight.
 
 * FIFO drop (:func:`_reconnect`): the old tree edges between kept rows form a forest F that lies in every MST of the
-  kept rows; only the lightest edge between two components of F can join them. Cost O(outside * kept * d), outside =
+  kept rows; only the lightest edge between two components of F can join them, and only if it is no heavier than
+  the bound that the rows next to the dropped ones give (:func:`_bridge_bounds`), so each search starts from that
+  bound and leaves columns above it after every block of four features. Cost O(outside * kept * d), outside =
   rows not in F's largest component (no sort of those pairs).
 * New rows (:func:`_insertion_candidates`): old non-tree edges stay strictly heavier than
   the new tree paths, so the new MST is the MST of the kept rows' tree plus edges incident to a new row; of those,
