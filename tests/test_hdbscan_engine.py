@@ -329,3 +329,28 @@ def test_import_does_not_import_numba_and_cache_switch():
     env = dict(os.environ, MEDS_NUMBA_CACHE="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.strip() == "False"
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 300), decimals=st.sampled_from([0, 1, 8]))
+def test_merge_tree_is_the_librarys_node_for_node(seed, n, decimals):
+    """The single-linkage merge tree (which node merges with which, at what distance, how large) against the hdbscan
+    library's own union-find on the same sorted tree: random trees, tied weights included (a chain of equal merges
+    exercises the union-find's ranks and path halving)."""
+    from hdbscan._hdbscan_linkage import label
+
+    from meds_core.clustering._condensed_tree import single_linkage
+
+    rng = np.random.default_rng(seed)
+    parent = np.array([int(rng.integers(0, i)) for i in range(1, n)], dtype=np.int64)
+    src, dst = np.arange(1, n, dtype=np.int64), parent
+    flip = rng.random(n - 1) < 0.5
+    src, dst = np.where(flip, dst, src), np.where(flip, src, dst)
+    w_sq = np.round(rng.random(n - 1), decimals) ** 2
+    left, right, dist, size = single_linkage(src, dst, w_sq)
+    order = np.argsort(np.sqrt(w_sq), kind="mergesort")
+    ref = label(np.c_[src[order], dst[order], np.sqrt(w_sq)[order]].astype(np.float64))
+    np.testing.assert_array_equal(left, ref[:, 0].astype(np.int64))
+    np.testing.assert_array_equal(right, ref[:, 1].astype(np.int64))
+    np.testing.assert_array_equal(dist, ref[:, 2])
+    np.testing.assert_array_equal(size, ref[:, 3].astype(np.int64))

@@ -17,16 +17,12 @@ from meds_core.clustering._jit import kernel
 
 
 @kernel
-def _find(parent, x):
-    """Root of x in the union-find forest parent [2n-1] int64 (-1 = root), with path compression."""
-    r = x
-    while parent[r] != -1:
-        r = parent[r]
-    while parent[x] != -1 and parent[x] != r:
-        nxt = parent[x]
-        parent[x] = r
-        x = nxt
-    return r
+def _root(uf, x):
+    """Root of x in the union-find forest uf [n] int64 (uf[r] == r at a root), halving the path on the way."""
+    while uf[x] != x:
+        uf[x] = uf[uf[x]]
+        x = uf[x]
+    return x
 
 
 @kernel
@@ -44,18 +40,25 @@ def merge_in_order(src, dst, dist_e, order):
     """:func:`single_linkage` with the merge order given: edges order[0], order[1], ... (ascending dist_e [n-1] f64,
     not squared). -> left, right [n-1] int64, dist [n-1] f64, size [n-1] int64."""
     n = src.shape[0] + 1
-    parent = np.full(2 * n - 1, -1, dtype=np.int64)
-    count = np.ones(2 * n - 1, dtype=np.int64)
+    uf = np.arange(n)  # union-find over the points, by rank; node[r]: the merge-tree node of root r's component
+    rank = np.zeros(n, dtype=np.int64)
+    node = np.arange(n)
+    count = np.ones(n, dtype=np.int64)
     left = np.empty(n - 1, dtype=np.int64)
     right = np.empty(n - 1, dtype=np.int64)
     dist = np.empty(n - 1)
     size = np.empty(n - 1, dtype=np.int64)
     for i in range(n - 1):
         e = order[i]
-        a, b = _find(parent, src[e]), _find(parent, dst[e])
-        left[i], right[i], dist[i] = a, b, dist_e[e]
-        size[i] = count[n + i] = count[a] + count[b]
-        parent[a] = parent[b] = n + i
+        ra, rb = _root(uf, src[e]), _root(uf, dst[e])
+        left[i], right[i], dist[i] = node[ra], node[rb], dist_e[e]
+        size[i] = count[ra] + count[rb]
+        if rank[ra] < rank[rb]:
+            ra, rb = rb, ra
+        uf[rb] = ra
+        rank[ra] += rank[ra] == rank[rb]
+        count[ra] = size[i]
+        node[ra] = n + i
     return left, right, dist, size
 
 

@@ -30,18 +30,10 @@ import heapq
 import numpy as np
 from numba import prange
 
-from meds_core.clustering._condensed_tree import merge_in_order
+from meds_core.clustering._condensed_tree import _root, merge_in_order
 from meds_core.clustering._core_distances import sq_dists_from, sq_dists_upto
 from meds_core.clustering._jit import kernel
 from meds_core.clustering._pipeline import _transposed, labels_from_merges, mst_one, tree_labels
-
-
-@kernel
-def _root(parent, x):
-    while parent[x] != x:
-        parent[x] = parent[parent[x]]
-        x = parent[x]
-    return x
 
 
 @kernel
