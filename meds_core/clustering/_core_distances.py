@@ -13,6 +13,17 @@ from meds_core.clustering._jit import kernel
 
 
 @kernel
+def _add_block(x, XT, k, lo, hi, out):
+    """out[j] += the squares of features k..k+3 of x [d] f64 minus column lo + j of XT [d, n] f64, for j < hi - lo,
+    added one at a time in feature order (the association every distance here uses)."""
+    a0, a1, a2, a3 = x[k], x[k + 1], x[k + 2], x[k + 3]
+    r0, r1, r2, r3 = XT[k, lo:hi], XT[k + 1, lo:hi], XT[k + 2, lo:hi], XT[k + 3, lo:hi]
+    for j in range(hi - lo):  # column slices index from 0: no negative-index wrap-around check blocks vectorisation
+        t0, t1, t2, t3 = a0 - r0[j], a1 - r1[j], a2 - r2[j], a3 - r3[j]
+        out[j] = (((out[j] + t0 * t0) + t1 * t1) + t2 * t2) + t3 * t3
+
+
+@kernel
 def sq_dists_from(x, XT, lo, hi, out):
     """out[:hi - lo] = squared distances from x [d] f64 to the columns lo..hi-1 of XT [d, n] f64 (out [>= hi - lo])."""
     d = XT.shape[0]
@@ -20,12 +31,8 @@ def sq_dists_from(x, XT, lo, hi, out):
     for j in range(m):
         out[j] = 0.0
     k = 0
-    while k + 4 <= d:  # column slices index from 0: no negative-index wrap-around check blocks vectorisation
-        a0, a1, a2, a3 = x[k], x[k + 1], x[k + 2], x[k + 3]
-        r0, r1, r2, r3 = XT[k, lo:hi], XT[k + 1, lo:hi], XT[k + 2, lo:hi], XT[k + 3, lo:hi]
-        for j in range(m):
-            t0, t1, t2, t3 = a0 - r0[j], a1 - r1[j], a2 - r2[j], a3 - r3[j]
-            out[j] = (((out[j] + t0 * t0) + t1 * t1) + t2 * t2) + t3 * t3
+    while k + 4 <= d:
+        _add_block(x, XT, k, lo, hi, out)
         k += 4
     while k < d:
         a0, r0 = x[k], XT[k, lo:hi]
@@ -48,11 +55,7 @@ def sq_dists_upto(x, XT, lo, hi, out, idx, cutoff):
         out[j] = 0.0
     k = 0
     while k + 4 <= d and k < 8:  # the first blocks over every column, vectorised
-        a0, a1, a2, a3 = x[k], x[k + 1], x[k + 2], x[k + 3]
-        r0, r1, r2, r3 = XT[k, lo:hi], XT[k + 1, lo:hi], XT[k + 2, lo:hi], XT[k + 3, lo:hi]
-        for j in range(m):
-            t0, t1, t2, t3 = a0 - r0[j], a1 - r1[j], a2 - r2[j], a3 - r3[j]
-            out[j] = (((out[j] + t0 * t0) + t1 * t1) + t2 * t2) + t3 * t3
+        _add_block(x, XT, k, lo, hi, out)
         k += 4
     c = 0
     for j in range(m):

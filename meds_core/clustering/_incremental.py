@@ -59,6 +59,25 @@ def _tree_adjacency(n, tu, tv, tw):
 
 
 @kernel
+def _heaviest_on_paths(s, start, nb, nw, pm, up, stack):
+    """One walk of a tree (or forest) given as adjacency (start, nb, nw of :func:`_tree_adjacency`) from row s:
+    pm[v] ([n] f64) = the heaviest edge on the path from s to v, up[v] ([n] int64) = v's neighbour towards s
+    (up[s] = s); rows not reached keep their values. stack: [n] int64 scratch."""
+    pm[s], up[s] = 0.0, s
+    stack[0], top = s, 1
+    while top > 0:
+        top -= 1
+        a = stack[top]
+        for z in range(start[a], start[a + 1]):
+            b = nb[z]
+            if b != up[a]:
+                up[b] = a
+                pm[b] = nw[z] if nw[z] > pm[a] else pm[a]
+                stack[top] = b
+                top += 1
+
+
+@kernel
 def _prim_on_tree(n, tu, tv, tw):
     """Prim's order of a spanning tree (tu, tv [n-1] int64, tw [n-1] f64): from row 0, smallest weight first, equal
     weights smallest row first. -> src, dst [n-1] int64 (dst joins through src), weight [n-1] f64."""
@@ -220,19 +239,10 @@ def _bridge_bounds(XT, c, k, pu, pv):
             t += 1
     start, nb, nw = _tree_adjacency(k, ua[:t], ub[:t], uw[:t])
     tau = np.full((k, k), np.inf)
+    up = np.empty(k, dtype=np.int64)
     stack = np.empty(k, dtype=np.int64)
     for s in range(k):
-        tau[s, s] = 0.0
-        stack[0], top = s, 1
-        while top > 0:
-            top -= 1
-            a = stack[top]
-            for z in range(start[a], start[a + 1]):
-                b = nb[z]
-                if tau[s, b] == np.inf:
-                    tau[s, b] = nw[z] if nw[z] > tau[s, a] else tau[s, a]
-                    stack[top] = b
-                    top += 1
+        _heaviest_on_paths(s, start, nb, nw, tau[s], up, stack)
     return tau
 
 
@@ -586,18 +596,7 @@ def is_unique_mst(X, src, dst, weight_sq):
     row = np.empty(n)
     x = np.empty(d)
     for u in range(n - 1):
-        pm[u], up[u] = 0.0, u
-        stack[0], top = u, 1
-        while top > 0:
-            top -= 1
-            a = stack[top]
-            for z in range(start[a], start[a + 1]):
-                b = nb[z]
-                if b != up[a]:
-                    up[b] = a
-                    pm[b] = nw[z] if nw[z] > pm[a] else pm[a]
-                    stack[top] = b
-                    top += 1
+        _heaviest_on_paths(u, start, nb, nw, pm, up, stack)
         for c in range(d):
             x[c] = XT[c, u]
         sq_dists_from(x, XT, u + 1, n, row)
