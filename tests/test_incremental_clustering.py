@@ -1,5 +1,5 @@
-"""Incremental HDBSCAN (min_samples = 1): every step bit-identical to full recomputation, through ties, duplicates,
-eviction, fallbacks and save/load."""
+"""Incremental HDBSCAN (the MST for min_samples = 1, the core distances for min_samples > 1): every step
+bit-identical to full recomputation, through ties, duplicates, eviction, fallbacks and save/load."""
 
 from __future__ import annotations
 
@@ -34,9 +34,14 @@ def _stream(seed: int, n: int, d: int, decimals: int, dup: float, jitter: float 
        dup=st.sampled_from([0.0, 0.1, 0.3]), m=st.integers(1, 9), drop_every=st.sampled_from([0, 3]),
        jitter=st.sampled_from([0.0, 1e-9]))
 def test_stream_equals_full_recomputation_every_step(seed, p, decimals, dup, m, drop_every, jitter):
+    from meds_core.clustering._core_distances import core_distances_sq
+
     params = PARAMS[p]
+    ms = params["min_samples"]
     X = _stream(seed, 70, 3, decimals, dup, jitter)
-    lo, hi, state, n_old = 0, 0, (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0
+    lo, hi, n_old = 0, 0, 0
+    state = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)) if ms == 1 else \
+        (np.empty((ms, 0)), np.empty((ms, 0), np.int32))
     for step in range(1, 12):
         hi = min(hi + m, len(X))
         gone = min(drop_every if drop_every and step % 2 == 0 else 0, max(n_old, 0))  # FIFO: rows leave the front
@@ -45,7 +50,15 @@ def test_stream_equals_full_recomputation_every_step(seed, p, decimals, dup, m, 
         (got,), (new_state,) = hdbscan_incremental([rows], [n_old], [state], drop=[gone], **params)
         (want,) = hdbscan_batch([rows], **params)
         np.testing.assert_array_equal(got, want, err_msg=f"step {step}")
-        if new_state is not None:  # a kept MST is the full engine's MST, edge for edge, sorted by weight
+        if new_state is not None and ms > 1:  # kept lists: the full engine's core distances, bit for bit
+            assert ms > 1 and new_state[0].shape == new_state[1].shape == (ms, len(rows))
+            if len(rows) >= 2:
+                k = min(ms, len(rows) - 1)
+                np.testing.assert_array_equal(new_state[0][k - 1], core_distances_sq(np.ascontiguousarray(rows.T), k))
+                listed = new_state[1][:k]  # the rows listed are other rows, at the listed distances
+                assert ((listed >= 0) & (listed != np.arange(len(rows)))).all()
+                np.testing.assert_allclose(((rows[listed] - rows[None]) ** 2).sum(-1), new_state[0][:k], rtol=1e-12)
+        elif new_state is not None:  # a kept MST is the full engine's MST, edge for edge, sorted by weight
             (src, dst, dist), = mst_edges([rows], 1)
             assert (np.diff(new_state[2]) >= 0).all()
             want_edges = sorted(zip(np.minimum(src, dst).tolist(), np.maximum(src, dst).tolist(), (dist ** 2).tolist()))
@@ -103,13 +116,15 @@ def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
         hdbscan_incremental([X[:10]], [12], [state], 2)
 
 
-@pytest.mark.parametrize("min_samples", [1, 5])
-def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_path, min_samples, monkeypatch):
+@pytest.mark.parametrize("min_cluster_size,min_samples", [(2, 1), (5, 5), (2, 5)])
+def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_path, min_cluster_size, min_samples,
+                                                                         monkeypatch):
+    """(2, 5): the memory step leaves fewer than min_samples + 1 rows all noise, where the engine would cluster."""
     import meds_core.step.memory
 
-    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # rows <= 4: no MST, rebuilt later
+    monkeypatch.setattr(meds_core.step.memory, "_INCREMENTAL_FROM", 4)  # rows <= 4: no state, rebuilt later
     rng = np.random.default_rng(min_samples)
-    cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=2 if min_samples == 1 else 5,
+    cfg = MEDSConfig(use_last_n_layers=6, backend="numba", min_cluster_size=min_cluster_size,
                      min_samples=min_samples, max_rows_per_memory=12, max_total_rows=150)
     inc, full = ErrorMemory(cfg), ErrorMemory(cfg)
     inc._incremental, full._incremental = True, False
@@ -127,15 +142,14 @@ def test_error_memory_incremental_equals_full_with_eviction_and_save_load(tmp_pa
         assert inc.keys() == full.keys()
         for mk in full.keys():
             np.testing.assert_array_equal(inc.labels(*mk), full.labels(*mk), err_msg=f"step {step} {mk}")
-        kept += sum(s.mst is not None for s in inc._slots.values())
-        if step == 7:  # the file carries no MST: the loaded memory rebuilds it on its next touch
+        kept += sum(s.state is not None for s in inc._slots.values())
+        if step == 7:  # the file carries no state: the loaded memory rebuilds it on its next touch
             inc.save(str(tmp_path / "m.bin"))
             inc = ErrorMemory.load(str(tmp_path / "m.bin"))
             inc._incremental = True
-            assert all(s.mst is None for s in inc._slots.values())
-    assert (kept > 0) == (min_samples == 1)
-    if min_samples == 1:
-        assert sum(s.mst is not None and s.n == 12 for s in inc._slots.values()) > 0, "MSTs must survive the cap"
+            assert all(s.state is None for s in inc._slots.values())
+    assert kept > 0
+    assert sum(s.state is not None and s.n == 12 for s in inc._slots.values()) > 0, "states must survive the cap"
 
 
 @settings(max_examples=60, deadline=None)
@@ -184,7 +198,7 @@ def test_error_memory_keeps_an_mst_from_a_memory_first_rows():
         for k in range(3):
             np.testing.assert_array_equal(inc.labels(k, 0), full.labels(k, 0), err_msg=f"step {step}")
             slot = inc._slots[(k, 0)]
-            assert slot.mst is not None and len(slot.mst[0]) == slot.n - 1, f"step {step}: no MST kept"
+            assert slot.state is not None and len(slot.state[0]) == slot.n - 1, f"step {step}: no MST kept"
 
 
 @settings(max_examples=40, deadline=None)
@@ -318,3 +332,41 @@ def test_fifo_steps_at_the_cap_equal_full_recomputation_in_many_dimensions(seed,
             reconnected += 1
         state, n_old = new_state, (len(rows) if new_state is not None else -1)
     assert reconnected >= 6 or not (decimals == 8 and dup == 0.0)
+
+
+@pytest.mark.parametrize("seed,d,decimals,dup,m,cap,min_samples", [(0, 14, 8, 0.0, 16, 96, 5), (1, 9, 1, 0.2, 4, 40, 5),
+                                                                   (2, 14, 2, 0.3, 16, 96, 3)])
+def test_neighbour_lists_at_the_cap_equal_full_recomputation(seed, d, decimals, dup, m, cap, min_samples):
+    """min_samples > 1 at the cap: rows that lost a listed neighbour to the drop are recomputed, the others keep their
+    lists and take the new rows' offers; core distances and labels equal the full engine's every step, and the
+    recomputation is partial (some rows keep their lists)."""
+    from meds_core.clustering._core_distances import core_distances_sq
+    from meds_core.clustering._incremental_core import core_lists_update
+    from meds_core.clustering._pipeline import _transposed
+
+    X = _stream(seed, cap + 6 * m, d, decimals, dup)
+    params = dict(min_cluster_size=min_samples, min_samples=min_samples)
+    state, n_old, lo, hi, kept_lists = (np.empty((min_samples, 0)), np.empty((min_samples, 0), np.int32)), 0, 0, 0, 0
+    while hi < len(X):
+        hi = min(hi + m, len(X))
+        gone = max(hi - lo - cap, 0)
+        lo += gone
+        rows = X[lo:hi]
+        (got,), (new_state,) = hdbscan_incremental([rows], [n_old], [state], drop=[gone], **params)
+        (want,) = hdbscan_batch([rows], **params)
+        np.testing.assert_array_equal(got, want, err_msg=f"rows {lo}:{hi}")
+        K, J = new_state
+        k = min(min_samples, len(rows) - 1)
+        np.testing.assert_array_equal(K[k - 1], core_distances_sq(_transposed(rows), k))
+        listed = J >= 0  # fewer other rows than min_samples: the rest is inf
+        assert (listed == np.isfinite(K)).all() and listed[:k].all()
+        np.testing.assert_allclose(((rows[J] - rows[None]) ** 2).sum(-1)[listed], K[listed], rtol=1e-12)
+        if gone:  # rows whose lists survived the drop unchanged (renumbered): the update did not recompute them all
+            old_K, old_J = state
+            survived = (old_J[:, gone:] >= gone).all(axis=0)
+            kept_lists += int(survived.sum())
+            assert survived.any() and not survived.all()
+            again = core_lists_update(_transposed(rows), n_old, gone, old_K, old_J, min_samples)
+            np.testing.assert_array_equal(again[0], K)
+        state, n_old = new_state, len(rows)
+    assert kept_lists > 0

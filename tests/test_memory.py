@@ -518,15 +518,20 @@ def test_stored_form_is_float32_rows_and_int32_labels_only(monkeypatch):
         memory.update(*s)
     arrays = [a for slot in memory._slots.values() for a in (slot.row_buf, slot.labels)]
     assert {a.dtype for a in arrays} == {np.dtype(np.float32), np.dtype(np.int32)}
-    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels", "mst", "mst_wait"}
+    assert all(set(type(slot).__slots__) == {"row_buf", "start", "n", "labels", "state", "state_wait"}
                for slot in memory._slots.values())
+    ms = memory._params.min_samples
     with_mst = 0
-    for slot in memory._slots.values():  # the incremental engine's MST: n - 1 edges (u, v int64, weight_sq f64)
-        if slot.mst is not None:
-            assert [(a.dtype, a.shape) for a in slot.mst] == [(np.dtype(np.int64), (slot.n - 1,))] * 2 + \
-                [(np.dtype(np.float64), (slot.n - 1,))]
+    for slot in memory._slots.values():  # the incremental engine's state: the MST, or each row's nearest rows
+        if slot.state is not None:
+            if ms == 1:  # n - 1 edges (u, v int64, weight_sq f64)
+                assert [(a.dtype, a.shape) for a in slot.state] == [(np.dtype(np.int64), (slot.n - 1,))] * 2 + \
+                    [(np.dtype(np.float64), (slot.n - 1,))]
+            else:  # min_samples squared distances (f64) and rows (int32) per row
+                assert [(a.dtype, a.shape) for a in slot.state] == [(np.dtype(np.float64), (ms, slot.n)),
+                                                                     (np.dtype(np.int32), (ms, slot.n))]
             with_mst += 1
-    assert with_mst > 0 or not memory._incremental, "no MST was checked"
+    assert with_mst > 0 or not memory._incremental, "no state was checked"
     F = memory.state_dict()["dim"]
     held = sum(slot.row_buf.nbytes + slot.labels.nbytes for slot in memory._slots.values())
     # growth room is at most half the rows, or 2x one step's rows per memory (blob_stream: <= 8 per memory)

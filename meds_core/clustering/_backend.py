@@ -90,24 +90,28 @@ class ClusteringBackend:
                           queries, counts, k)
 
     def supports_incremental(self, params: HDBSCANParams) -> bool:
-        """True where :meth:`cluster_incremental` applies: the numba engine with ``min_samples = 1``."""
-        return self.name == "numba" and params.min_samples == 1
+        """True where :meth:`cluster_incremental` applies: the numba engine."""
+        return self.name == "numba"
 
     def cluster_incremental(self, problems: Sequence[np.ndarray], n_old: Sequence[int], old_msts: Sequence,
                             params: HDBSCANParams, drop: Sequence[int], want_state: Sequence[bool],
                             offsets: np.ndarray | None = None,
                             starts: np.ndarray | None = None) -> tuple[list[np.ndarray], list]:
-        """:func:`~meds_core.clustering.hdbscan_incremental` (labels equal to :meth:`cluster`, and each problem's MST
+        """:func:`~meds_core.clustering.hdbscan_incremental` (labels equal to :meth:`cluster`, and each problem's
         state for the next step); only where :meth:`supports_incremental`. With ``offsets``, ``problems`` is packed
         (rows [N, d] float64, problem i = rows offsets[i]:offsets[i + 1], or starts[i]:offsets[i + 1] with
         ``starts``) and trusted to be finite."""
         if not self.supports_incremental(params):
-            raise ValueError(f"backend {self.name!r} with min_samples={params.min_samples} has no incremental path; "
-                             "use cluster().")
+            raise ValueError(f"backend {self.name!r} has no incremental path; use cluster().")
         from meds_core.clustering._engine import hdbscan_incremental
 
-        return hdbscan_incremental(problems, n_old, old_msts, drop=drop, want_state=want_state, offsets=offsets,
-                                   starts=starts, check_finite=offsets is None, **params.kwargs())
+        labels, states = hdbscan_incremental(problems, n_old, old_msts, drop=drop, want_state=want_state,
+                                             offsets=offsets, starts=starts, check_finite=offsets is None,
+                                             **params.kwargs())
+        for i, lab in enumerate(labels):  # as cluster(): fewer than min_rows rows are all noise (min_samples > 1)
+            if len(lab) < params.min_rows:
+                labels[i] = np.full(len(lab), -1, dtype=np.int64)
+        return labels, states
 
     @staticmethod
     def can_cluster(n: int, params: HDBSCANParams) -> bool:

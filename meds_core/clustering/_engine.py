@@ -201,16 +201,19 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         same order, then the new rows.
     n_old : sequence of int
         Rows problem i had when ``old_msts[i]`` was returned; -1 (or ``old_msts[i]`` None) forces full recomputation.
-    old_msts : sequence of (u [n-1] int64, v [n-1] int64, weight_sq [n-1] float64) or None
-        The state this function returned for the previous rows (never built from elsewhere): the unique MST, edges
-        sorted by squared weight.
+    old_msts : sequence of state or None
+        The state this function returned for the previous rows with the same ``min_samples`` (never built from
+        elsewhere). With ``min_samples == 1``: the unique MST, (u [n-1] int64, v [n-1] int64, weight_sq [n-1] float64)
+        sorted by squared weight. With ``min_samples > 1``: each row's ``min_samples`` nearest other rows,
+        (K [min_samples, n] float64 squared distances ascending, J [min_samples, n] int32 their rows; inf / -1 where
+        fewer other rows exist).
     min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster, cluster_selection_epsilon
         As in :func:`hdbscan_batch`.
     drop : sequence of int, optional
         Previous rows dropped from the front (0 <= drop[i] <= n_old[i]); default none.
     want_state : sequence of bool, optional
-        Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check). Default all
-        True.
+        Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check of
+        ``min_samples == 1``). Default all True.
     offsets : ndarray of shape (P + 1,), int, optional
         With packed ``problems``: problem i is ``problems[offsets[i]:offsets[i + 1]]`` (no packing copy).
     starts : ndarray of shape (P,), int, optional
@@ -222,39 +225,49 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     Returns
     -------
     labels : list of ndarray of shape (n_i,), int64
-    msts : list of (u, v, weight_sq) or None
+    states : list of state or None
         The state to pass with the next step's rows; None where the problem was recomputed in full without it.
 
     Notes
     -----
-    The incremental path applies when ``min_samples == 1`` (mutual reachability is then the euclidean distance) and
-    the problem's old MST is known. Full recomputation (the engine's Prim's) where: ``min_samples > 1`` (no state is
-    kept: core distances change with new rows, not handled incrementally); ``old_msts[i]`` is None (e.g. a memory
-    loaded from a file); the new MST is not provably unique (bit-equal distances that could swap a tree edge, such as
-    three or more copies of a row). After a full recomputation with ``min_samples == 1`` and ``want_state`` the MST is
-    checked for uniqueness in O(n^2 d) (about half a full clustering's time) and kept when unique. A first clustering
-    (``n_old = 0``, empty MST) is incremental. Cost per problem: O(n * m * d) for m new rows, plus
-    O(outside * n * d) after a FIFO drop (outside: rows cut off from the largest remaining piece of the old tree),
-    plus the O(n log n) tree stage. The GPU backend always recomputes in full. See :mod:`._incremental`.
+    ``min_samples == 1`` (mutual reachability is then the euclidean distance): the MST itself is incremental where
+    the problem's old MST is known. Full recomputation (the engine's Prim's) where ``old_msts[i]`` is None (e.g. a
+    memory loaded from a file) or the new MST is not provably unique (bit-equal distances that could swap a tree
+    edge, such as three or more copies of a row). After a full recomputation with ``want_state`` the MST is checked
+    for uniqueness in O(n^2 d) (about half a full clustering's time) and kept when unique. A first clustering
+    (``n_old = 0``, empty MST) is incremental. Cost per problem: O(n * m * d) for m new rows, plus O(outside * n * d)
+    after a FIFO drop (outside: rows cut off from the largest remaining piece of the old tree), plus the O(n log n)
+    tree stage. See :mod:`._incremental`.
+
+    ``min_samples > 1``: mutual-reachability weights tie wherever a core distance dominates, so the MST is not unique
+    and Prim's own run decides the tree; only the core distances are incremental (each row's nearest rows kept,
+    O(n * (m + r) * d) per step, r the rows that lost a listed neighbour to the drop), and Prim's (O(n^2 d)) and the
+    tree stage run as in full recomputation, on the same core distances bit for bit. Without a state the lists are
+    built from scratch, at about twice the core-distance cost of a full clustering. See :mod:`._incremental_core`.
+
+    The GPU backend always recomputes in full.
     """
     mcs, ms, leaf, single, eps = _check_params(min_cluster_size, min_samples, cluster_selection_method,
                                                allow_single_cluster, cluster_selection_epsilon)
     import numba
 
     from meds_core.clustering._incremental import incremental_packed
+    from meds_core.clustering._incremental_core import incremental_core_packed
 
     if starts is not None and offsets is None:
         raise ValueError("hdbscan_incremental: starts needs packed problems with offsets.")
     P = len(problems) if offsets is None else len(offsets) - 1
     labels: list[np.ndarray] = [np.empty(0, np.int64)] * P
-    msts: list = [None] * P
+    states: list = [None] * P
     if P == 0:
-        return labels, msts
-    nold = np.array([(-1 if (s is None or ms != 1 or k < 0) else int(k)) for k, s in zip(n_old, old_msts)],
-                    dtype=np.int64)
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+        return labels, states
+    nold = np.array([(-1 if (s is None or k < 0) else int(k)) for k, s in zip(n_old, old_msts)], dtype=np.int64)
     dropped = np.zeros(P, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64)
     want = np.ones(P, dtype=np.bool_) if want_state is None else np.asarray(want_state, dtype=np.bool_)
+    if ms == 1:
+        empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    else:
+        empty = (np.empty((ms, 0)), np.empty((ms, 0), np.int32))
     old = [s if (k >= 0 and s is not None) else empty for k, s in zip(nold.tolist(), old_msts)]
     for X, offs, members in _pack(problems, offsets):
         if check_finite:
@@ -266,27 +279,44 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         sizes = offs[1:] - first
         g_drop = dropped[members]
         grp_old = [old[i] for i in members.tolist()]
-        e_len = np.fromiter((len(s[0]) for s in grp_old), dtype=np.int64, count=len(members))
         g_nold = nold[members]
-        if ((g_nold >= 0) & ((g_nold - g_drop > sizes) | (g_drop > g_nold) | (g_drop < 0)
-                             | (e_len != np.maximum(g_nold - 1, 0)))).any():
-            raise ValueError("hdbscan_incremental: a stored MST does not match its n_old rows; pass the state this "
+        if ms == 1:
+            e_len = np.fromiter((len(s[0]) for s in grp_old), dtype=np.int64, count=len(members))
+            fits = e_len == np.maximum(g_nold - 1, 0)
+        else:
+            e_len = np.fromiter((s[0].shape[1] for s in grp_old), dtype=np.int64, count=len(members))
+            fits = np.fromiter((s[0].shape[0] == ms and s[1].shape == s[0].shape for s in grp_old), dtype=np.bool_,
+                               count=len(members)) & (e_len == np.maximum(g_nold, 0))
+        if ((g_nold >= 0) & ((g_nold - g_drop > sizes) | (g_drop > g_nold) | (g_drop < 0) | ~fits)).any():
+            raise ValueError("hdbscan_incremental: a stored state does not match its n_old rows; pass the state this "
                              "function returned for those rows, or None.")
         e_offs = np.zeros(len(members) + 1, dtype=np.int64)
         np.cumsum(e_len, out=e_offs[1:])
+        bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=bounds[1:])
+        order = _balanced_order(bounds, numba.get_num_threads())
+        if ms != 1:
+            K_old = np.concatenate([s[0] for s in grp_old], axis=1).astype(np.float64, copy=False)
+            J_old = np.concatenate([s[1] for s in grp_old], axis=1).astype(np.int32, copy=False)
+            lab, K, J = incremental_core_packed(X, first, offs, g_nold, g_drop, K_old, J_old, e_offs, order, mcs, ms,
+                                                leaf, single, eps)
+            for j, i in enumerate(members.tolist()):
+                a, b = first[j], offs[j + 1]
+                labels[i] = lab[a:b]
+                if want[i]:  # copies: a view would keep the whole step's arrays alive
+                    states[i] = (K[:, a:b].copy(), J[:, a:b].copy())
+            continue
         out_offs = np.zeros(len(members) + 1, dtype=np.int64)
         np.cumsum(np.maximum(sizes - 1, 0), out=out_offs[1:])
         e_src, e_dst, e_w = (np.concatenate([s[j] for s in grp_old]).astype(dt, copy=False)
                              for j, dt in ((0, np.int64), (1, np.int64), (2, np.float64)))
-        bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=bounds[1:])
         lab, src, dst, wsq, ok = incremental_packed(
-            X, first, offs, g_nold, g_drop, e_src, e_dst, e_w, e_offs, out_offs,
-            _balanced_order(bounds, numba.get_num_threads()), mcs, ms, want[members], leaf, single, eps)
+            X, first, offs, g_nold, g_drop, e_src, e_dst, e_w, e_offs, out_offs, order, mcs, ms, want[members], leaf,
+            single, eps)
         for j, i in enumerate(members.tolist()):
             labels[i] = lab[first[j]:offs[j + 1]]
             if ok[j]:
                 a, b = out_offs[j], out_offs[j + 1]
                 # copies: a view would keep the whole step's edge arrays alive while any one memory's state lives
-                msts[i] = (src[a:b].copy(), dst[a:b].copy(), wsq[a:b].copy())
-    return labels, msts
+                states[i] = (src[a:b].copy(), dst[a:b].copy(), wsq[a:b].copy())
+    return labels, states

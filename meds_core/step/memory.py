@@ -10,9 +10,10 @@ One RL step, for every memory the batch touches:
 
 Storage: rows float32 and labels int32 per row between steps (the unit rows used by the vote and the clustering are
 recomputed, in float64, for the memories a step touches, into one buffer that is kept for the next step: 8 bytes per
-feature per row of the largest step so far); with the numba backend and ``min_samples = 1`` also each
-memory's MST (n - 1 edges of 24 bytes) for the incremental clustering, kept in memory only, never in the file (a
-loaded memory rebuilds it on its first touch).
+feature per row of the largest step so far); with the numba backend also each memory's state for the incremental
+clustering (``min_samples = 1``: its MST, n - 1 edges of 24 bytes; ``min_samples > 1``: each row's ``min_samples``
+nearest rows, 12 bytes each), kept in memory only, never in the file (a loaded memory rebuilds it on its first
+touch).
 """
 
 from __future__ import annotations
@@ -56,7 +57,11 @@ class StepResult:
 
 
 _INCREMENTAL_FROM = 0  # memories above this many rows (after the step) cluster incrementally; see _cluster_incremental
-_EMPTY_MST = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))  # the MST of no rows
+def _empty_state(min_samples: int) -> tuple[np.ndarray, ...]:
+    """The incremental clustering state of no rows: an empty MST (min_samples 1) or empty neighbour lists."""
+    if min_samples == 1:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    return np.empty((min_samples, 0)), np.empty((min_samples, 0), np.int32)
 
 
 def _capacity(keep: int, m: int) -> int:
@@ -73,12 +78,12 @@ class _Slot:
     rows this slot shows, and the memory moves the window once the step has succeeded.
     """
 
-    __slots__ = ("row_buf", "start", "n", "labels", "mst", "mst_wait")
+    __slots__ = ("row_buf", "start", "n", "labels", "state", "state_wait")
 
     def __init__(self, row_buf: np.ndarray, start: int, n: int, labels: np.ndarray | None):
         self.row_buf, self.start, self.n, self.labels = row_buf, start, n, labels
-        self.mst = None  # the rows' unique MST (u, v, weight_sq sorted by weight) for the incremental engine, or None
-        self.mst_wait = 0  # touches left before rebuilding a lost MST is tried again (ties made it fail)
+        self.state = None  # the incremental engine's state of these rows (hdbscan_incremental), or None
+        self.state_wait = 0  # touches left before rebuilding a lost MST is tried again (ties made it fail)
 
     @classmethod
     def holding(cls, rows: np.ndarray, labels: np.ndarray | None, room: int) -> "_Slot":
@@ -161,11 +166,12 @@ class ErrorMemory:
     oldest first, then the memory is re-clustered, so stored labels always describe exactly the stored rows; then
     least recently visited prompts are evicted whole while more than ``max_total_rows`` rows are stored.
 
-    Re-clustering is incremental where the backend offers it (numba, ``min_samples = 1``):
-    each memory keeps its MST and a step costs O(n * m * d) for m new rows instead of O(n^2 * d), with labels
-    bit-identical to full recomputation (the attribute ``_incremental = False`` switches it off, for comparisons).
-    Full recomputation otherwise: other backends (GPU, library loops), ``min_samples > 1``, a memory's first touch
-    after :meth:`load`, and memories whose MST is not unique (exact ties).
+    Re-clustering is incremental where the backend offers it (numba), with labels bit-identical to full
+    recomputation (the attribute ``_incremental = False`` switches it off, for comparisons). With ``min_samples = 1``
+    each memory keeps its MST and a step costs O(n * m * d) for m new rows instead of O(n^2 * d); with
+    ``min_samples > 1`` each memory keeps its rows' nearest neighbours, so only the core distances are incremental
+    and Prim's O(n^2 * d) tree remains. Full recomputation otherwise: other backends (GPU, library loops), a
+    memory's first touch after :meth:`load`, and (``min_samples = 1``) memories whose MST is not unique (exact ties).
     """
 
     def __init__(self, config: MEDSConfig | None = None):
@@ -174,7 +180,7 @@ class ErrorMemory:
         self._engine = backend_for(self.config.backend, load=self.config.cluster_method != "single")
         self._backend = self._engine.name
         self._params = HDBSCANParams(self.config.min_cluster_size, self.config.min_samples)
-        # numba backend, min_samples 1: update each memory's MST from its new rows (exact; see _cluster_incremental).
+        # numba backend: update each memory's clustering state from its new rows (exact; see _cluster_incremental).
         # A switch for benchmarks and tests: False recomputes every touched memory in full.
         self._incremental = True
         self._slots: dict[tuple[Key, int], _Slot] = {}
@@ -387,7 +393,7 @@ class ErrorMemory:
                 labels = self._engine.cluster([X[a:b] for a, b in zip(starts.tolist(), offsets[1:].tolist())],
                                               self._params)
                 for slot, _, _ in staged:
-                    slot.mst = None
+                    slot.state = None
             seconds = time.perf_counter() - t0
             calls = int(any(self._engine.can_cluster(n, self._params) for _, _, n in staged))
         slots = self._slots
@@ -405,10 +411,12 @@ class ErrorMemory:
     def _cluster_incremental(self, batch: _Batch, staged: list[tuple[_Slot, int, int]], X: np.ndarray,
                              offsets: np.ndarray, starts: np.ndarray) -> list[np.ndarray]:
         """Labels of the staged memories through the numba engine's incremental entry (one call), equal to full
-        recomputation; each memory's MST is kept on its slot and follows appends and FIFO drops at
-        ``max_rows_per_memory``.
+        recomputation; each memory's state (``hdbscan_incremental``: its MST for ``min_samples = 1``, its rows'
+        nearest neighbours otherwise) is kept on its slot and follows appends and FIFO drops at
+        ``max_rows_per_memory``. What follows is about the MST; neighbour lists never fail and need no check (a
+        loaded memory's are rebuilt on its first touch, at about twice the core-distance cost of a full clustering).
 
-        The MST is not in the memory file (format unchanged): a loaded memory is recomputed in full on its first
+        The state is not in the memory file (format unchanged): a loaded memory is recomputed in full on its first
         touch and its MST rebuilt then, with an O(n^2 d) uniqueness check on top (3.3 ms against 7.3 ms for the full
         clustering of one 1024-row memory, d = 14, one thread, measured on the shared 2-core machine). A memory
         whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed in full; the rebuild
@@ -422,17 +430,18 @@ class ErrorMemory:
         benchmark, more than the small-memory steps lose. (These kernel times were measured with the earlier
         Chin-Houck candidate filter; the leaf-order filter that replaced it is cheaper still.)"""
         n_old, old, drop, want, wait = [], [], [], [], []
+        empty = _empty_state(self._params.min_samples)
         for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
             prev = self._slots.get(mk)
             gone = (prev.n if prev is not None else 0) + m - n  # oldest rows dropped at the cap
             drop.append(gone if prev is not None and 0 <= gone <= prev.n else 0)
-            w = 0 if prev is None else max(prev.mst_wait - 1, 0)
-            if prev is not None and prev.mst is not None and 0 <= gone <= prev.n:
+            w = 0 if prev is None else max(prev.state_wait - 1, 0)
+            if prev is not None and prev.state is not None and 0 <= gone <= prev.n:
                 n_old.append(prev.n)
-                old.append(prev.mst)
-            elif prev is None and n > _INCREMENTAL_FROM:  # a new memory: its MST grows from the empty one
+                old.append(prev.state)
+            elif prev is None and n > _INCREMENTAL_FROM:  # a new memory: its state grows from the empty one
                 n_old.append(0)
-                old.append(_EMPTY_MST)
+                old.append(empty)
             else:
                 n_old.append(-1)
                 old.append(None)
@@ -440,13 +449,13 @@ class ErrorMemory:
             wait.append(w)
         if not any(want) and all(o is None for o in old):  # nothing to update or build: the plain full engine
             for (slot, _, _), w in zip(staged, wait):
-                slot.mst, slot.mst_wait = None, w
+                slot.state, slot.state_wait = None, w
             return self._engine.cluster([X[a:b] for a, b in zip(starts.tolist(), offsets[1:].tolist())], self._params)
-        labels, msts = self._engine.cluster_incremental(X, n_old, old, self._params, drop, want, offsets=offsets,
-                                                        starts=starts)
-        for (slot, _, _), mst, w, asked in zip(staged, msts, wait, want):
-            slot.mst = mst
-            slot.mst_wait = 8 if (asked and mst is None) else w
+        labels, states = self._engine.cluster_incremental(X, n_old, old, self._params, drop, want, offsets=offsets,
+                                                          starts=starts)
+        for (slot, _, _), state, w, asked in zip(staged, states, wait, want):
+            slot.state = state
+            slot.state_wait = 8 if (asked and state is None) else w
         return labels
 
     def _evict(self, visited: set[Key]) -> tuple[int, int]:
