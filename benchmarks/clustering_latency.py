@@ -24,16 +24,18 @@ reported).
 Writes benchmarks/results/clustering_latency_cpu.{json,md} (stream mode: clustering_latency_stream.{json,md}).
 
 Stream mode: P memories each receive m new rows per step (one ``ErrorMemory.update`` per step, all in group 0) while
-n grows from 0 to the cap and then slides; the incremental engine (numba, each memory's MST kept) and the full engine
-(numba, recomputed every step) are fed the same stream side by side in one run; their labels are asserted equal at
-every step; reported: ms per step (whole update: vote, sizes, clustering) against n, and the bytes the kept MSTs add.
-At a few n the hdbscan library loop (backend 'hdbscan') and the reference step are timed on a subset of the same
-state (scaled to P, labelled).
+n grows from 0 to the cap and then slides; the incremental engine (numba, each memory's state kept) and the full
+engine (numba, recomputed every step) are fed the same stream side by side in one run; their labels are asserted
+equal at every step; reported: ms per step (whole update: vote, sizes, clustering) against n, the median of
+``--repeats`` runs of each reported step from copies of the state before it, and the bytes the kept states add. At a
+few n the hdbscan library loop (backend 'hdbscan') and the reference step are timed on a subset of the same state
+(scaled to P, labelled).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import os
@@ -428,42 +430,42 @@ def stream(args) -> None:
             extra = {}
             if n in args.library_sizes and (t + 1) * m == n:
                 extra = _library_columns(full, cfg, P, m, batch, args.budget)
-            stall0, w0 = _stall_us(), time.perf_counter()
             zeros = np.zeros(len(keys), np.int64)
-            cpu = {}
-
-            def run(name, memory, keys=keys, batch=batch, zeros=zeros, cpu=cpu):
-                c0 = time.process_time()
-                out = memory.update(keys, batch, zeros)
-                cpu[name] = time.process_time() - c0
-                return out
-
-            if t % 2 == 0:  # alternate which runs first: the first parallel call of a step also wakes numba's threads
-                t0 = time.perf_counter()
-                a = run("inc", inc)
-                t1 = time.perf_counter()
-                b = run("full", full)
-                t2 = time.perf_counter()
-            else:
-                s0 = time.perf_counter()
-                b = run("full", full)
-                t0 = time.perf_counter()
-                a = run("inc", inc)
-                t1 = time.perf_counter()
-                t1, t2 = t1, t1 + (t0 - s0)
-            stall = (_stall_us() - stall0) / (1e6 * (time.perf_counter() - w0))
+            # at a reported step, args.repeats runs from copies of the same state (the first order alternates with
+            # the run and the step: the first parallel call after Python work also wakes numba's threads); else one
+            timed_runs = args.repeats if _report_point(n, t + 1, steps, cap) else 1
+            start = (copy.deepcopy(inc), copy.deepcopy(full)) if timed_runs > 1 else None
+            walls, cpus, stalls = {"inc": [], "full": []}, {"inc": [], "full": []}, []
+            for r in range(timed_runs):
+                if r:  # back to the state before the step
+                    inc, full = copy.deepcopy(start[0]), copy.deepcopy(start[1])
+                stall0, w0 = _stall_us(), time.perf_counter()
+                order = (("inc", inc), ("full", full)) if (t + r) % 2 == 0 else (("full", full), ("inc", inc))
+                out = {}
+                for name, memory in order:
+                    c0, t0 = time.process_time(), time.perf_counter()
+                    out[name] = memory.update(keys, batch, zeros)
+                    walls[name].append(time.perf_counter() - t0)
+                    cpus[name].append(time.process_time() - c0)
+                stalls.append((_stall_us() - stall0) / (1e6 * (time.perf_counter() - w0)))
+            a, b = out["inc"], out["full"]
+            med = {k: statistics.median(v) for k, v in walls.items()}
+            cpu = {k: statistics.median(v) for k, v in cpus.items()}
+            stall = max(stalls)
             np.testing.assert_array_equal(a.label, b.label)
             np.testing.assert_array_equal(a.cluster_size, b.cluster_size)
             for p in range(0, P, max(1, P // 16)):
                 np.testing.assert_array_equal(inc.labels(p, 0), full.labels(p, 0))
-            mst_bytes = sum(sum(x.nbytes for x in s.mst) for s in inc._slots.values() if s.mst is not None)
-            kept = sum(s.mst is not None for s in inc._slots.values())
-            rows.append({"mcs": mcs, "ms": ms, "step": t + 1, "n": n, "incremental_ms": 1e3 * (t1 - t0),
-                         "full_ms": 1e3 * (t2 - t1), "incremental_cpu_ms": 1e3 * cpu["inc"],
+            mst_bytes = sum(sum(x.nbytes for x in s.state) for s in inc._slots.values() if s.state is not None)
+            kept = sum(s.state is not None for s in inc._slots.values())
+            rows.append({"mcs": mcs, "ms": ms, "step": t + 1, "n": n, "incremental_ms": 1e3 * med["inc"],
+                         "full_ms": 1e3 * med["full"], "runs": timed_runs,
+                         "incremental_runs_ms": [1e3 * x for x in walls["inc"]],
+                         "full_runs_ms": [1e3 * x for x in walls["full"]], "incremental_cpu_ms": 1e3 * cpu["inc"],
                          "full_cpu_ms": 1e3 * cpu["full"], "stall": stall, "mst_bytes": mst_bytes, "msts_kept": kept,
                          "row_bytes": sum(s.n * (4 * d + 4) for s in inc._slots.values()), **extra})
             print(f"{mcs}/{ms} n={n:5d} incremental {rows[-1]['incremental_ms']:8.1f} ms  full "
-                  f"{rows[-1]['full_ms']:8.1f} ms  MSTs {kept}/{P} ({mst_bytes / 2**20:.1f} MiB) {extra}",
+                  f"{rows[-1]['full_ms']:8.1f} ms  states {kept}/{P} ({mst_bytes / 2**20:.1f} MiB) {extra}",
                   file=sys.stderr)
     loadavg_end = open("/proc/loadavg").read().split()[:3]
     env = _environment()
@@ -471,21 +473,23 @@ def stream(args) -> None:
     lines = ["# Stream mode: one MEDS step (k-NN vote + cluster sizes + clustering) as memories grow to the cap", "",
              f"P = {P} memories, m = {m} new rows per memory per step, d = {d}, cap (max_rows_per_memory) {cap}, "
              f"{args.extra_steps} steps at the cap (each drops the {m} oldest rows of every memory); numba on "
-             f"{numba.get_num_threads()} threads, BLAS on 1; whole ErrorMemory.update per step, one run per step (no "
-             f"repeats; incremental and full alternate which runs first). loadavg {' '.join(loadavg)} at start, "
+             f"{numba.get_num_threads()} threads, BLAS on 1; whole ErrorMemory.update per step. Each reported step is "
+             f"run {args.repeats} times from copies of the state before it (median reported; which of incremental and "
+             f"full runs first alternates between runs), the other steps once. loadavg {' '.join(loadavg)} at start, "
              f"{' '.join(loadavg_end)} at end; {minutes:.1f} min. "
              "Incremental and full engine labels and sizes asserted equal every step. Library loop (backend "
              "'hdbscan') and reference step (per-row NearestNeighbors refit + Counter vote + hdbscan.HDBSCAN per "
              f"memory) are timed on k memories (`*k`) of the same state and scaled to P, at n in "
              f"{args.library_sizes}; the `*k` columns are therefore samples, scaled. stall: CPU-pressure share "
-             "during the incremental + full pair (0 = no waiting). min_samples > 1 has no incremental path: there "
-             "both columns run full recomputation (MSTs kept 0) and their ratio only shows the measurement noise. "
+             "during the incremental + full pairs (the largest of the runs; 0 = no waiting). The incremental state is "
+             "each memory's MST for min_samples 1 and its rows' min_samples nearest neighbours for min_samples > 1 "
+             "(only the core distances are incremental there; Prim's tree is rebuilt every step). "
              "CPU ms: CPU time of the process during the update (all threads; less sensitive to a co-tenant than "
              "wall time, but it counts numba's threads spinning while they wait for work).",
              "", _environment_line(env),
              "", "| mcs/ms | n | incremental ms | full engine ms | full / incremental | incremental CPU ms "
              "| full CPU ms | full / incremental CPU | hdbscan library loop ms "
-             "| reference step ms | reference / incremental | MSTs kept | MST MiB (rows MiB) | stall |",
+             "| reference step ms | reference / incremental | states kept | state MiB (rows MiB) | stall |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         n = r["n"]
@@ -523,7 +527,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[16, 64, 256, 1024, 2048])
     ap.add_argument("--dims", type=int, nargs="+", default=[14, 28])
     ap.add_argument("--settings", default="2/1,5/5", help="min_cluster_size/min_samples pairs, comma-separated")
-    ap.add_argument("--repeats", type=int, default=3, help="engine steps per measurement (median)")
+    ap.add_argument("--repeats", type=int, default=3, help="engine steps per measurement (median); stream mode: runs "
+                    "of each reported step from copies of the state before it")
     ap.add_argument("--quick", action="store_true", help="library loops on a subset of memories, scaled")
     ap.add_argument("--budget", type=float, default=2.0, help="seconds per subset measurement (reference, --quick)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "clustering_latency_cpu"))
