@@ -2,10 +2,10 @@
 steps, so that a step computes O(n * (m + r) * d) distances for m new rows instead of O(n^2 * d).
 
 With ``min_samples > 1`` mutual-reachability weights tie wherever a core distance dominates (a row's nearest rows all
-reach it at its own core distance), so the MST is not unique and only Prim's run itself decides which tree, and in
-which order, the tree stage sees. The step therefore keeps Prim's and the tree stage as in full recomputation, and
-makes only the core distances incremental; they are order statistics of the same bit-for-bit distances, so they
-equal the full engine's exactly, and so do the tree and the labels.
+reach it at its own core distance), so the MST is in general not unique and only Prim's run itself decides which
+tree, and in which order, the tree stage sees. The step therefore keeps Prim's and the tree stage as in full
+recomputation, and makes only the core distances incremental; they are order statistics of the same bit-for-bit
+distances, so they equal the full engine's exactly, and so do the tree and the labels.
 
 State per problem: ``K [ms, n] f64``, column i the ``ms`` smallest squared distances from row i to the other rows,
 ascending (inf where fewer than ``ms`` other rows exist), and ``J [ms, n] int32``, the rows they belong to (-1 where
@@ -88,7 +88,7 @@ def incremental_core_packed(X, starts, offsets, n_old, drop, K_old, J_old, s_off
     -> labels [N] int64 (-1 on skipped rows), K [ms, N] f64 and J [ms, N] int32 (problem p's lists in columns
     starts[p]:offsets[p + 1])."""
     N = X.shape[0]
-    ms = K_old.shape[0]
+    ms = min_samples  # K_old, J_old have ms rows
     labels = np.full(N, -1, dtype=np.int64)
     K = np.full((ms, N), np.inf)
     J = np.full((ms, N), -1, dtype=np.int32)
