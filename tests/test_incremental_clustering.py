@@ -232,6 +232,72 @@ def test_leaf_order_gaps_give_the_heaviest_edge_on_every_tree_path(seed, n, deci
             assert (gap[lo:hi].max() if hi > lo else 0.0) == heaviest[b], (a, b)
 
 
+@settings(max_examples=150, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), kept=st.integers(1, 300), decimals=st.sampled_from([0, 1, 2, 8]),
+       spread=st.sampled_from([0.02, 0.2, 1.0]))
+def test_path_filter_block_skips_keep_exactly_the_walks_survivors(seed, kept, decimals, spread):
+    """The new-row filter over leaf positions, whole blocks passed over in one test, against its definition: ps the
+    first nearest position, then every i with row[i] <= max(row[ps], largest gap between ps and i), ps first, then to
+    the right ascending, then to the left descending. Data as in use: the leaf order and gaps of the MST of clustered
+    2-d rows (rounded: ties), and a new row's squared distances to them in that order; ``spread`` sets how far the
+    clusters lie apart against their width, so that blocks are skipped, walked, or both."""
+    from meds_core.clustering._incremental import _block_gap_maxima, _leaf_order, _path_filter
+    from meds_core.clustering._pipeline import mst_one
+
+    rng = np.random.default_rng(seed)
+    centres = rng.random((int(rng.integers(1, 8)), 2)) / spread
+    X = np.round(centres[rng.integers(0, len(centres), kept + 1)] + rng.normal(size=(kept + 1, 2)), decimals)
+    if kept > 1:
+        u, v, w = mst_one(X[:kept], 1)
+        order = np.argsort(w, kind="mergesort")
+        leaf, _, gap = _leaf_order(kept, u[order], v[order], w[order])
+    else:
+        leaf, gap = np.arange(kept), np.zeros(1)
+    row = ((X[leaf] - X[kept]) ** 2).sum(axis=1)
+    right, left = _block_gap_maxima(gap, kept)
+    surv = np.empty(kept + 1, dtype=np.int64)
+    rmin = np.empty(len(right) + 1, dtype=np.int64)
+    count = _path_filter(row, kept, gap, right, left, rmin, surv)
+    assert surv[:count].tolist() == _filter_survivors(row, gap)
+
+
+def _filter_survivors(row, gap):
+    """The new-row filter by its definition (the oracle of :func:`_path_filter`)."""
+    ps = int(np.argmin(row))
+    return ([ps] + [i for i in range(ps + 1, len(row)) if row[i] <= max(row[ps], gap[ps:i].max())]
+            + [i for i in range(ps - 1, -1, -1) if row[i] <= max(row[ps], gap[i:ps].max())])
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+@pytest.mark.parametrize("big_gap, block_rows", [
+    (31, ("near", 10.0, 4.0)),  # walking right: a skipped block's first gap raises the bound for the next block
+    (32, ("near", 10.0, 4.0)),
+    (0, ("near", 4.0, 10.0)),  # a bound raised before a block lets its rows through although its own gaps are small
+    (32, (4.0, 10.0, "near")),  # walking left: the skipped block's last gap, then its first
+    (63, (4.0, 10.0, "near")),
+    (94, (10.0, 4.0, "near")),
+])
+def test_path_filter_bound_carried_over_skipped_blocks(big_gap, block_rows, mirror):
+    """Three blocks of leaf positions, one big gap (5.0) among small ones (0.01); distances 10.0 (left out) or 4.0
+    (kept only through the big gap) per block, and the nearest position (0.0) at the outer end of the "near" block,
+    whose other rows are at 10.0. The block tests must read every gap of a block and carry the bound over a block
+    they pass over, walking right and left (``mirror`` reverses both arrays)."""
+    from meds_core.clustering._incremental import _SKIP, _block_gap_maxima, _path_filter
+
+    kept = 3 * _SKIP
+    gap = np.full(kept - 1, 0.01)
+    gap[big_gap] = 5.0
+    row = np.repeat([10.0 if r == "near" else r for r in block_rows], _SKIP)
+    row[0 if block_rows[0] == "near" else kept - 1] = 0.0
+    if mirror:
+        row, gap = row[::-1].copy(), gap[::-1].copy()
+    right, left = _block_gap_maxima(gap, kept)
+    surv = np.empty(kept + 1, dtype=np.int64)
+    count = _path_filter(row, kept, gap, right, left, np.empty(len(right) + 1, dtype=np.int64), surv)
+    want = _filter_survivors(row, gap)
+    assert len(want) > _SKIP and surv[:count].tolist() == want
+
+
 @settings(max_examples=20, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), d=st.sampled_from([1, 5, 14]),
        sizes=st.lists(st.integers(0, 50), min_size=1, max_size=6), normalize=st.booleans())

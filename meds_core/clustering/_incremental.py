@@ -31,7 +31,7 @@ import numpy as np
 from numba import prange
 
 from meds_core.clustering._condensed_tree import _root, merge_in_order
-from meds_core.clustering._core_distances import sq_dists_from, sq_dists_upto
+from meds_core.clustering._core_distances import min_bits, sq_dists_from, sq_dists_upto
 from meds_core.clustering._jit import kernel
 from meds_core.clustering._pipeline import _transposed, labels_from_merges, mst_one, tree_labels
 
@@ -453,6 +453,84 @@ def _grown(u, v, w):
     return u2, v2, w2
 
 
+_SKIP = 32  # block of leaf positions that the path filter can pass over in one test
+
+
+@kernel
+def _block_gap_maxima(gap, kept):
+    """Per block k of _SKIP leaf positions (gap [kept-1] f64): the largest gap that the path filter's walk to the
+    right (gaps kB-1 .. kB+B-2) and to the left (gaps kB .. kB+B-1) reads inside it, clipped to the gaps that exist.
+    -> right, left [ceil(kept / B)] f64."""
+    nb = (kept + _SKIP - 1) // _SKIP
+    right, left = np.zeros(nb), np.zeros(nb)
+    for k in range(nb):
+        r = 0.0
+        for g in range(max(k * _SKIP - 1, 0), min(k * _SKIP + _SKIP - 1, kept - 1)):
+            r = gap[g] if gap[g] > r else r
+        right[k] = r
+        ll = 0.0
+        for g in range(k * _SKIP, min(k * _SKIP + _SKIP, kept - 1)):
+            ll = gap[g] if gap[g] > ll else ll
+        left[k] = ll
+    return right, left
+
+
+@kernel
+def _path_filter(row, kept, gap, right, left, rmin, surv):
+    """Leaf positions i of the kept rows whose distance row[i] (row [>= kept] f64, squared, in leaf order) is at most
+    max(row[ps], largest gap between ps and i), ps the first nearest position: ps first, then outwards to the right,
+    then to the left, into surv [>= kept] int64. -> count. A block of _SKIP positions whose smallest distance is above
+    the largest bound it can reach (the running maximum so far or the block's largest gap, ``right``/``left`` from
+    :func:`_block_gap_maxima`) is passed over in one test: no position in it survives, and the running maximum after
+    it is exactly that bound. rmin [>= ceil(kept / B)] int64: scratch. Distances are >= +0.0, so their bit patterns
+    (int64 views) order like the values: the block minima vectorise as integer minima."""
+    bits = row.view(np.int64)
+    nb = (kept + _SKIP - 1) // _SKIP
+    best = bits[0]
+    for k in range(nb):
+        lo, hi = k * _SKIP, min(k * _SKIP + _SKIP, kept)
+        rmin[k] = min_bits(bits[lo:hi], hi - lo)
+        best = rmin[k] if rmin[k] < best else best
+    k = 0
+    while rmin[k] != best:
+        k += 1
+    ps = k * _SKIP
+    while bits[ps] != best:
+        ps += 1
+    surv[0], nk = ps, 1
+    lim = row[ps]
+    i = ps + 1
+    while i < kept:
+        end = min(i - i % _SKIP + _SKIP, kept)
+        if i % _SKIP == 0 and end - i == _SKIP:
+            k = i // _SKIP
+            u = right[k] if right[k] > lim else lim
+            if rmin[k] > np.float64(u).view(np.int64):
+                lim, i = u, end
+                continue
+        for j in range(i, end):
+            lim = gap[j - 1] if gap[j - 1] > lim else lim
+            surv[nk] = j
+            nk += row[j] <= lim
+        i = end
+    lim = row[ps]
+    i = ps - 1
+    while i >= 0:
+        lo = i - i % _SKIP
+        if i - lo == _SKIP - 1:
+            k = i // _SKIP
+            u = left[k] if left[k] > lim else lim
+            if rmin[k] > np.float64(u).view(np.int64):
+                lim, i = u, lo - 1
+                continue
+        for j in range(i, lo - 1, -1):
+            lim = gap[j] if gap[j] > lim else lim
+            surv[nk] = j
+            nk += row[j] <= lim
+        i = lo - 1
+    return nk
+
+
 @kernel
 def _insertion_candidates(X, kept, tu, tv, tw):
     """Edges incident to the new rows (rows kept..n-1 of X [n, d] f64) that can be in the MST of all rows, given the
@@ -462,14 +540,17 @@ def _insertion_candidates(X, kept, tu, tv, tw):
     edge of the cycle (j, a) + (a, j*) + path(j*, j), so it is in no MST, and the MST of the candidates is unique
     exactly when the MST of all rows is. That heaviest path edge is the largest gap between j and j* in T's
     :func:`_leaf_order`; the kept rows' distances are computed in that order, so the filter is one walk outwards
-    from j* per new row, carrying the running maximum (typically a few edges per new row remain). O(m * kept * d)
-    distances, O(m * kept) filtering. -> u, v [c] int64, w [c] f64 sorted by w."""
+    from j* per new row, carrying the running maximum and passing over whole blocks that cannot hold a survivor
+    (:func:`_path_filter`; typically a few edges per new row remain). O(m * kept * d) distances, O(m * kept / B)
+    block tests plus the blocks walked. -> u, v [c] int64, w [c] f64 sorted by w."""
     n, d = X.shape
     m = n - kept
     if kept >= 2:
         leaf, pos, gap = _leaf_order(kept, tu, tv, tw)
     else:
-        leaf, gap = np.arange(kept), np.empty(0)
+        leaf, gap = np.arange(kept), np.zeros(1)
+    right, left = _block_gap_maxima(gap, kept)
+    rmin = np.empty(right.shape[0] + 1, dtype=np.int64)
     XL = _leaf_major(X, leaf, kept)
     c = m * (m - 1) // 2 + 8 * m + 8
     u, v, w = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.int64), np.empty(c)
@@ -488,23 +569,7 @@ def _insertion_candidates(X, kept, tu, tv, tw):
             k += 1
         if kept == 0:
             continue
-        ps = 0
-        for i in range(1, kept):
-            if row[i] < row[ps]:
-                ps = i
-        nk = 0  # positions of the survivors: j* itself, then outwards to the right, then to the left
-        surv[nk] = ps
-        nk += 1
-        lim = row[ps]
-        for i in range(ps + 1, kept):
-            lim = gap[i - 1] if gap[i - 1] > lim else lim
-            surv[nk] = i
-            nk += row[i] <= lim
-        lim = row[ps]
-        for i in range(ps - 1, -1, -1):
-            lim = gap[i] if gap[i] > lim else lim
-            surv[nk] = i
-            nk += row[i] <= lim
+        nk = _path_filter(row, kept, gap, right, left, rmin, surv)
         while k + nk > u.shape[0]:
             u, v, w = _grown(u, v, w)
         for t in range(nk):
