@@ -75,6 +75,27 @@ def test_mst_is_the_librarys_edge_for_edge(ms):
         np.testing.assert_array_equal(dst, ref[:, 1])
 
 
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 120), d=st.sampled_from([1, 3, 14]),
+       decimals=st.sampled_from([0, 1, 8]), dup=st.booleans())
+def test_min_samples_1_prim_without_core_distances_is_the_same_tree(seed, n, d, decimals, dup):
+    """With one neighbour the engine's Prim's runs on zero core distances (the mutual reachability is the distance
+    itself): the same edges, order and weights, bit for bit, as Prim's on the 1-NN core distances, here with exact
+    ties (rounded coordinates) and duplicate rows."""
+    from meds_core.clustering._core_distances import core_distances_sq
+    from meds_core.clustering._mst import prim_mst
+    from meds_core.clustering._pipeline import _transposed, mst_one
+
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.normal(size=(n, d)), decimals)
+    if dup and n > 2:
+        X[rng.integers(0, n, n // 3)] = X[rng.integers(0, n)]
+    XT = _transposed(X)
+    want = prim_mst(XT, core_distances_sq(XT, 1))
+    for got, ref in zip(mst_one(X, 1), want):
+        np.testing.assert_array_equal(got, ref)
+
+
 SETTINGS = [  # (min_cluster_size, cluster_selection_method, allow_single_cluster, epsilon)
     (2, "eom", False, 0.0), (5, "eom", False, 0.0), (3, "leaf", False, 0.0), (4, "eom", True, 0.0),
     (3, "leaf", True, 0.0), (5, "eom", False, 0.8), (2, "leaf", False, 1.5), (3, "eom", True, 2.0),

@@ -234,7 +234,7 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     the problem's old MST is known. Full recomputation (the engine's Prim's) where ``old_msts[i]`` is None (e.g. a
     memory loaded from a file) or the new MST is not provably unique (bit-equal distances that could swap a tree
     edge, such as three or more copies of a row). After a full recomputation with ``want_state`` the MST is checked
-    for uniqueness in O(n^2 d) (about half a full clustering's time) and kept when unique. A first clustering
+    for uniqueness in O(n^2 d) (about as long as the full clustering itself) and kept when unique. A first clustering
     (``n_old = 0``, empty MST) is incremental. Cost per problem: O(n * m * d) for m new rows, plus O(outside * n * d)
     after a FIFO drop (outside: rows cut off from the largest remaining piece of the old tree), plus the O(n log n)
     tree stage. See :mod:`._incremental`.

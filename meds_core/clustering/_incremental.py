@@ -678,7 +678,7 @@ def is_unique_mst(X, src, dst, weight_sq):
 
 @kernel
 def is_unique_mst_sorted(X, src, dst, weight_sq):
-    """:func:`is_unique_mst` (the same answer), in about half a full clustering's time: the heaviest edge on the tree
+    """:func:`is_unique_mst` (the same answer), in about a full clustering's time: the heaviest edge on the tree
     path between two rows is the weight at which single linkage first joins them, i.e. the largest gap between them
     in the merge tree's leaf order. Rows are visited in that order, so each row's pairs need one running max over a
     contiguous gap array instead of a tree walk. X [n, d] f64; src, dst [n-1] int64, weight_sq [n-1] f64 (any order)."""
