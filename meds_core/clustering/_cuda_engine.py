@@ -123,9 +123,12 @@ def _device_mst(XT, offsets: np.ndarray, min_samples: int, min_rows: int):
         return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0), edge_offsets
     order = cuda.to_device(np.argsort(-n, kind="stable").astype(np.int64))  # largest problems start first
     d_offsets = cuda.to_device(offsets)
-    M = max(1, min(min_samples, int(n.max()) - 1))
-    K, core = cuda.device_array((M, N)), cuda.device_array(N)
-    core_distances_kernel[P, THREADS](XT, d_offsets, order, min_samples, min_rows, K, core)
+    if min_samples == 1:  # the mutual reachability is the distance itself (see mst_one): no core-distance pass
+        core = cuda.to_device(np.zeros(N))
+    else:
+        M = max(1, min(min_samples, int(n.max()) - 1))
+        K, core = cuda.device_array((M, N)), cuda.device_array(N)
+        core_distances_kernel[P, THREADS](XT, d_offsets, order, min_samples, min_rows, K, core)
     key, via, done = cuda.device_array(N), cuda.device_array(N, np.int64), cuda.device_array(N, np.int8)
     src, dst, w = cuda.device_array(E, np.int64), cuda.device_array(E, np.int64), cuda.device_array(E)
     prim_kernel[P, THREADS](XT, d_offsets, order, core, min_rows, cuda.to_device(edge_offsets), key, via, done,
