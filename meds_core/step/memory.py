@@ -420,9 +420,9 @@ class ErrorMemory:
         touch and its MST rebuilt then, with an O(n^2 d) uniqueness check on top (1.31 ms against 1.13 ms for the full
         clustering of one 1024-row memory of the stream benchmark, d = 14, one thread, side by side on the shared
         2-core machine: about as long as the clustering itself, since Prim's for min_samples 1 skips the
-        core-distance pass). A memory
-        whose MST is not unique (bit-equal distances, e.g. three copies of a row) is recomputed in full; the rebuild
-        is then retried only every 8th touch, so ties do not add the check every step. Memories of at most
+        core-distance pass). A memory whose MST is not unique (bit-equal distances, e.g. three copies of a row) is
+        recomputed in full; the rebuild is then retried only every 8th touch, so ties do not add the check every
+        step. Memories of at most
         ``_INCREMENTAL_FROM`` rows are recomputed in full and keep no MST (the constant is 0: every memory keeps
         one); a memory seen for the first time above it starts from the empty MST, so its MST is built incrementally
         from its first rows and never needs the uniqueness check. Measured (kernel time per memory, one thread,
