@@ -40,7 +40,7 @@ def test_stream_equals_full_recomputation_every_step(seed, p, decimals, dup, m, 
     ms = params["min_samples"]
     X = _stream(seed, 70, 3, decimals, dup, jitter)
     lo, hi, n_old = 0, 0, 0
-    state = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)) if ms == 1 else \
+    state = np.empty((3, 0)) if ms == 1 else \
         (np.empty((ms, 0)), np.empty((ms, 0), np.int32))
     for step in range(1, 12):
         hi = min(hi + m, len(X))
@@ -76,7 +76,7 @@ def test_stream_equals_hdbscan_library_on_tie_free_data(params):
 
     hdbscan = pytest.importorskip("hdbscan")
     X = _stream(7, 150, 4, 12, 0.0)
-    state, n_old, lo, incremental = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0, 0, 0
+    state, n_old, lo, incremental = np.empty((3, 0)), 0, 0, 0
     for hi in range(6, 151, 6):
         gone = max(hi - 72 - lo, 0)
         lo += gone
@@ -92,18 +92,18 @@ def test_stream_equals_hdbscan_library_on_tie_free_data(params):
 
 def test_incremental_path_is_taken_on_tie_free_data_and_not_on_ties():
     X = _stream(0, 200, 4, 12, 0.0)
-    state, n_old = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0
+    state, n_old = np.empty((3, 0)), 0
     for hi in range(10, 201, 10):
         (got,), (state,) = hdbscan_incremental([X[:hi]], [n_old], [state], 2)
         assert state is not None, "tie-free rows must keep a unique MST"
         np.testing.assert_array_equal(got, hdbscan_batch([X[:hi]], 2, 1)[0])
         n_old = hi
     three = np.vstack([X[:20], X[:1], X[:1]])  # a row three times: equal zero edges, more than one MST
-    (got,), (st_,) = hdbscan_incremental([three], [0], [(np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))], 2)
+    (got,), (st_,) = hdbscan_incremental([three], [0], [np.empty((3, 0))], 2)
     assert st_ is None
     np.testing.assert_array_equal(got, hdbscan_batch([three], 2, 1)[0])
     kept = 0  # a sliding window (FIFO at a cap of 60 rows) keeps the MST through the drops
-    state, n_old, lo = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0, 0
+    state, n_old, lo = np.empty((3, 0)), 0, 0
     for hi in range(8, 201, 8):
         gone = max(hi - 60 - lo, 0)
         lo += gone
@@ -232,6 +232,31 @@ def test_leaf_order_gaps_give_the_heaviest_edge_on_every_tree_path(seed, n, deci
             assert (gap[lo:hi].max() if hi > lo else 0.0) == heaviest[b], (a, b)
 
 
+@settings(max_examples=80, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), m=st.integers(1, 24), decimals=st.sampled_from([0, 1, 8]),
+       dup=st.sampled_from([0.0, 0.3]))
+def test_new_row_tree_path_maxima_are_the_minimax_distances(seed, m, decimals, dup):
+    """The new-new edges offered to Kruskal are those no heavier than the heaviest edge on their path in an MST of
+    the new rows alone. That path maximum is the same in every MST: the minimax distance, the least w at which the
+    two rows join through pairs of distance <= w. Oracle: Floyd-Warshall on (min, max), ties and duplicates
+    included; and a pair strictly above it is never an edge of the full engine's MST of the new rows."""
+    from meds_core.clustering._incremental import _tree_path_maxima
+
+    X = _stream(seed, m, 3, decimals, dup)
+    D = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    pm = _tree_path_maxima(D)
+    mm = D.copy()
+    np.fill_diagonal(mm, 0.0)
+    for k in range(m):
+        mm = np.minimum(mm, np.maximum(mm[:, k:k + 1], mm[k:k + 1, :]))
+    np.testing.assert_array_equal(pm, mm)
+    if m >= 2:
+        (src, dst, _), = mst_edges([X], 1)
+        assert (D[src, dst] <= pm[src, dst]).all()
+        kept = sum(int(D[a, b] <= pm[a, b]) for a in range(m) for b in range(a))
+        assert kept >= m - 1
+
+
 @settings(max_examples=150, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), kept=st.integers(1, 300), decimals=st.sampled_from([0, 1, 2, 8]),
        spread=st.sampled_from([0.02, 0.2, 1.0]))
@@ -323,7 +348,7 @@ def test_starts_skip_rows_and_give_the_labels_of_the_sliced_problems():
     X = _stream(3, 90, 4, 12, 0.0)
     offsets = np.array([0, 40, 90])
     starts = np.array([10, 55])
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    empty = np.empty((3, 0))
     got, msts = hdbscan_incremental(X, [0, 0], [empty, empty], 2, offsets=offsets, starts=starts)
     want = hdbscan_batch([X[10:40], X[55:90]], 2, 1)
     for g, w_, s in zip(got, want, msts):
@@ -337,12 +362,11 @@ def test_kept_state_owns_its_edges():
     """Each memory's MST is its own arrays: a view into the step's packed output would keep every other memory's
     edges of that step alive as long as this one memory lives (unbounded RAM when memories are touched unevenly)."""
     X = _stream(3, 120, 4, 12, 0.0)
-    empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    empty = np.empty((3, 0))
     _, states = hdbscan_incremental([X[:40], X[40:80], X[80:]], [0, 0, 0], [empty] * 3, 2)
     for state in states:
-        assert state is not None
-        for part in state:
-            assert part.base is None and part.flags.owndata, "the state must not be a view of the step's output"
+        assert state is not None and state.shape == (3, 39)
+        assert state.base is None and state.flags.owndata, "the state must not be a view of the step's output"
 
 
 @settings(max_examples=60, deadline=None)
@@ -379,7 +403,7 @@ def test_fifo_steps_at_the_cap_equal_full_recomputation_in_many_dimensions(seed,
     X = _stream(seed, cap + 6 * m, d, decimals, dup)
     from meds_core.clustering._incremental import incremental_mst
 
-    state, n_old, lo, hi, reconnected = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)), 0, 0, 0, 0
+    state, n_old, lo, hi, reconnected = np.empty((3, 0)), 0, 0, 0, 0
     while hi < len(X):
         hi = min(hi + m, len(X))
         gone = max(hi - lo - cap, 0)
@@ -393,7 +417,8 @@ def test_fifo_steps_at_the_cap_equal_full_recomputation_in_many_dimensions(seed,
             assert sorted(zip(np.minimum(src, dst).tolist(), np.maximum(src, dst).tolist())) == sorted(
                 zip(np.minimum(new_state[0], new_state[1]).tolist(), np.maximum(new_state[0], new_state[1]).tolist()))
         if n_old >= 0 and gone > 0 and decimals == 8 and dup == 0.0:  # tie-free: the reconnect itself succeeds
-            u, v, w_sq, ok = incremental_mst(rows, n_old, gone, *state)
+            u, v, w_sq, ok = incremental_mst(rows, n_old, gone, state[0].astype(np.int64), state[1].astype(np.int64),
+                                             state[2])
             assert ok and (u == new_state[0]).all() and (v == new_state[1]).all() and (w_sq == new_state[2]).all()
             reconnected += 1
         state, n_old = new_state, (len(rows) if new_state is not None else -1)

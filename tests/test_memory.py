@@ -524,9 +524,9 @@ def test_stored_form_is_float32_rows_and_int32_labels_only(monkeypatch):
     with_mst = 0
     for slot in memory._slots.values():  # the incremental engine's state: the MST, or each row's nearest rows
         if slot.state is not None:
-            if ms == 1:  # n - 1 edges (u, v int64, weight_sq f64)
-                assert [(a.dtype, a.shape) for a in slot.state] == [(np.dtype(np.int64), (slot.n - 1,))] * 2 + \
-                    [(np.dtype(np.float64), (slot.n - 1,))]
+            if ms == 1:  # n - 1 edges: u, v (integral values) and weight_sq, one f64 array
+                assert (slot.state.dtype, slot.state.shape) == (np.dtype(np.float64), (3, slot.n - 1))
+                assert slot.state.flags.owndata and (slot.state[:2] == np.round(slot.state[:2])).all()
             else:  # min_samples squared distances (f64) and rows (int32) per row
                 assert [(a.dtype, a.shape) for a in slot.state] == [(np.dtype(np.float64), (ms, slot.n)),
                                                                      (np.dtype(np.int32), (ms, slot.n))]

@@ -203,10 +203,11 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         Rows problem i had when ``old_msts[i]`` was returned; -1 (or ``old_msts[i]`` None) forces full recomputation.
     old_msts : sequence of state or None
         The state this function returned for the previous rows with the same ``min_samples`` (never built from
-        elsewhere). With ``min_samples == 1``: the unique MST, (u [n-1] int64, v [n-1] int64, weight_sq [n-1] float64)
-        sorted by squared weight. With ``min_samples > 1``: each row's ``min_samples`` nearest other rows,
-        (K [min_samples, n] float64 squared distances ascending, J [min_samples, n] int32 their rows; inf / -1 where
-        fewer other rows exist).
+        elsewhere). With ``min_samples == 1``: the unique MST as one array of shape (3, n-1), float64: rows u, v
+        (row numbers, integral values) and weight_sq, columns sorted by squared weight (one array, so that a step
+        gathers and hands back one block per problem). With ``min_samples > 1``: each row's ``min_samples`` nearest
+        other rows, (K [min_samples, n] float64 squared distances ascending, J [min_samples, n] int32 their rows;
+        inf / -1 where fewer other rows exist).
     min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster, cluster_selection_epsilon
         As in :func:`hdbscan_batch`.
     drop : sequence of int, optional
@@ -265,7 +266,7 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     dropped = np.zeros(P, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64)
     want = np.ones(P, dtype=np.bool_) if want_state is None else np.asarray(want_state, dtype=np.bool_)
     if ms == 1:
-        empty = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+        empty = np.empty((3, 0))
     else:
         empty = (np.empty((ms, 0)), np.empty((ms, 0), np.int32))
     old = [s if (k >= 0 and s is not None) else empty for k, s in zip(nold.tolist(), old_msts)]
@@ -281,8 +282,10 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         grp_old = [old[i] for i in members.tolist()]
         g_nold = nold[members]
         if ms == 1:
-            e_len = np.fromiter((len(s[0]) for s in grp_old), dtype=np.int64, count=len(members))
-            fits = e_len == np.maximum(g_nold - 1, 0)
+            e_len = np.fromiter((s.shape[-1] for s in grp_old), dtype=np.int64, count=len(members))
+            shaped = np.fromiter((s.ndim == 2 and s.shape[0] == 3 for s in grp_old), dtype=np.bool_,
+                                 count=len(members))
+            fits = shaped & (e_len == np.maximum(g_nold - 1, 0))
         else:
             e_len = np.fromiter((s[0].shape[1] for s in grp_old), dtype=np.int64, count=len(members))
             fits = np.fromiter((s[0].shape[0] == ms and s[1].shape == s[0].shape for s in grp_old), dtype=np.bool_,
@@ -300,23 +303,23 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
             J_old = np.concatenate([s[1] for s in grp_old], axis=1).astype(np.int32, copy=False)
             lab, K, J = incremental_core_packed(X, first, offs, g_nold, g_drop, K_old, J_old, e_offs, order, mcs, ms,
                                                 leaf, single, eps)
+            cuts, ends, kept = first.tolist(), offs[1:].tolist(), want[members].tolist()
             for j, i in enumerate(members.tolist()):
-                a, b = first[j], offs[j + 1]
+                a, b = cuts[j], ends[j]
                 labels[i] = lab[a:b]
-                if want[i]:  # copies: a view would keep the whole step's arrays alive
+                if kept[j]:  # copies: a view would keep the whole step's arrays alive
                     states[i] = (K[:, a:b].copy(), J[:, a:b].copy())
             continue
         out_offs = np.zeros(len(members) + 1, dtype=np.int64)
         np.cumsum(np.maximum(sizes - 1, 0), out=out_offs[1:])
-        e_src, e_dst, e_w = (np.concatenate([s[j] for s in grp_old]).astype(dt, copy=False)
-                             for j, dt in ((0, np.int64), (1, np.int64), (2, np.float64)))
-        lab, src, dst, wsq, ok = incremental_packed(
-            X, first, offs, g_nold, g_drop, e_src, e_dst, e_w, e_offs, out_offs, order, mcs, ms, want[members], leaf,
-            single, eps)
+        edges = np.ascontiguousarray(np.concatenate(grp_old, axis=1) if len(grp_old) > 1 else grp_old[0],
+                                     dtype=np.float64)
+        lab, out, ok = incremental_packed(X, first, offs, g_nold, g_drop, edges, e_offs, out_offs, order, mcs, ms,
+                                          want[members], leaf, single, eps)
+        cuts, ends, good = first.tolist(), offs[1:].tolist(), ok.tolist()
+        o = out_offs.tolist()
         for j, i in enumerate(members.tolist()):
-            labels[i] = lab[first[j]:offs[j + 1]]
-            if ok[j]:
-                a, b = out_offs[j], out_offs[j + 1]
-                # copies: a view would keep the whole step's edge arrays alive while any one memory's state lives
-                states[i] = (src[a:b].copy(), dst[a:b].copy(), wsq[a:b].copy())
+            labels[i] = lab[cuts[j]:ends[j]]
+            if good[j]:  # a copy: a view would keep the whole step's edges alive while any one memory's state lives
+                states[i] = out[:, o[j]:o[j + 1]].copy()
     return labels, states

@@ -14,7 +14,8 @@ edges sorted by weight.
   the new tree paths, so the new MST is the MST of the kept rows' tree plus edges incident to a new row; of those,
   an edge (j, z) is left out when it is strictly heavier than both z's lightest edge (to j*) and the heaviest tree
   edge between j and j*, read as a running maximum over the tree's single-linkage leaf order (typically a few edges
-  per new row remain). Kruskal merges the sorted old tree with the few sorted candidates, one class of bit-equal
+  per new row remain); a new-new edge is left out when it is strictly heavier than its path in an MST of the new
+  rows alone. Kruskal merges the sorted old tree with the few sorted candidates, one class of bit-equal
   weights at a time, and checks that the result is unique (:func:`_kruskal_merge`); then it is the unique MST of all
   rows, the tree the full engine's Prim's builds. Cost O(n * m * d) for m new rows, plus the tree stage.
 * Tree stage (:func:`labels_from_sorted_mst`): the merge order is the sorted order where no two tree distances are
@@ -534,15 +535,17 @@ def _path_filter(row, kept, gap, right, left, rmin, surv):
 @kernel
 def _insertion_candidates(X, kept, tu, tv, tw):
     """Edges incident to the new rows (rows kept..n-1 of X [n, d] f64) that can be in the MST of all rows, given the
-    unique MST T (tu, tv, tw) of the kept rows: all new-new edges, and per new row a the edges to kept rows j that
-    survive the path filter. With j* the row of a's lightest edge, the edge (j, a) is left out when it is strictly
-    heavier than both (a, j*) and the heaviest edge of T on the path from j to j*: it is then strictly the heaviest
-    edge of the cycle (j, a) + (a, j*) + path(j*, j), so it is in no MST, and the MST of the candidates is unique
-    exactly when the MST of all rows is. That heaviest path edge is the largest gap between j and j* in T's
-    :func:`_leaf_order`; the kept rows' distances are computed in that order, so the filter is one walk outwards
-    from j* per new row, carrying the running maximum and passing over whole blocks that cannot hold a survivor
-    (:func:`_path_filter`; typically a few edges per new row remain). O(m * kept * d) distances, O(m * kept / B)
-    block tests plus the blocks walked. -> u, v [c] int64, w [c] f64 sorted by w."""
+    unique MST T (tu, tv, tw) of the kept rows: the new-new edges no heavier than their path in an MST of the new
+    rows alone (:func:`_tree_path_maxima`: about m of the m(m-1)/2; the others are strictly the heaviest edge of a
+    cycle), and per new row a the edges to kept rows j that survive the path filter. With j* the row of a's lightest
+    edge, the edge (j, a) is left out when it is strictly heavier than both (a, j*) and the heaviest edge of T on
+    the path from j to j*: it is then strictly the heaviest edge of the cycle (j, a) + (a, j*) + path(j*, j), so it
+    is in no MST. Every edge left out is in no MST, so the MST of the candidates is unique exactly when the MST of
+    all rows is. That heaviest path edge is the largest gap between j and j* in T's :func:`_leaf_order`; the kept
+    rows' distances are computed in that order, so the filter is one walk outwards from j* per new row, carrying the
+    running maximum and passing over whole blocks that cannot hold a survivor (:func:`_path_filter`; typically a few
+    edges per new row remain). O(m * kept * d) distances, O(m * kept / B) block tests plus the blocks walked, plus
+    O(m^2) for the new rows' tree. -> u, v [c] int64, w [c] f64 sorted by w."""
     n, d = X.shape
     m = n - kept
     if kept >= 2:
@@ -552,21 +555,19 @@ def _insertion_candidates(X, kept, tu, tv, tw):
     right, left = _block_gap_maxima(gap, kept)
     rmin = np.empty(right.shape[0] + 1, dtype=np.int64)
     XL = _leaf_major(X, leaf, kept)
-    c = m * (m - 1) // 2 + 8 * m + 8
+    c = 16 * m + 8
     u, v, w = np.empty(c, dtype=np.int64), np.empty(c, dtype=np.int64), np.empty(c)
     row = np.empty(n)
     surv = np.empty(kept + 1, dtype=np.int64)
     x = np.empty(d)
+    dn = np.empty((m, m))
     k = 0
     for a in range(m):
         for q in range(d):
             x[q] = XL[q, kept + a]
         sq_dists_from(x, XL, 0, kept + a, row)
-        while k + a > u.shape[0]:
-            u, v, w = _grown(u, v, w)
         for b in range(a):
-            u[k], v[k], w[k] = kept + b, kept + a, row[kept + b]
-            k += 1
+            dn[a, b] = dn[b, a] = row[kept + b]
         if kept == 0:
             continue
         nk = _path_filter(row, kept, gap, right, left, rmin, surv)
@@ -576,7 +577,49 @@ def _insertion_candidates(X, kept, tu, tv, tw):
             i = surv[t]
             u[k], v[k], w[k] = leaf[i], kept + a, row[i]
             k += 1
+    pm = _tree_path_maxima(dn)
+    for a in range(m):
+        while k + a > u.shape[0]:
+            u, v, w = _grown(u, v, w)
+        for b in range(a):
+            u[k], v[k], w[k] = kept + b, kept + a, dn[a, b]
+            k += dn[a, b] <= pm[a, b]
     return _sorted_by_weight(u[:k], v[:k], w[:k])
+
+
+@kernel
+def _tree_path_maxima(D):
+    """For the rows of a full distance matrix D [m, m] f64 (squared, symmetric): pm [m, m] f64, pm[a, b] the heaviest
+    edge on the path between a and b in an MST of D (Prim's from row 0; which MST does not matter). A pair with
+    D[a, b] > pm[a, b] is strictly the heaviest edge of a cycle, so it is in no MST of any graph that holds this
+    one; the pairs with D[a, b] <= pm[a, b] are the tree's edges and the pairs tied with their tree path. O(m^2):
+    a row that joins through (p, x) at weight w is at pm[p, y] max w from every row y already in the tree."""
+    m = D.shape[0]
+    pm = np.zeros((m, m))
+    key = np.full(m, np.inf)
+    via = np.zeros(m, dtype=np.int64)
+    joined = np.zeros(m, dtype=np.int64)  # rows in the tree, in joining order
+    out = np.ones(m, dtype=np.bool_)
+    cur = 0
+    for t in range(m):
+        out[cur] = False
+        joined[t] = cur
+        if t == m - 1:
+            break
+        nxt, best = -1, np.inf
+        for j in range(m):
+            if out[j]:
+                if D[cur, j] < key[j]:
+                    key[j], via[j] = D[cur, j], cur
+                if nxt < 0 or key[j] < best:
+                    nxt, best = j, key[j]
+        p = via[nxt]
+        for s in range(t + 1):
+            y = joined[s]
+            g = pm[p, y] if pm[p, y] > best else best
+            pm[nxt, y] = pm[y, nxt] = g
+        cur = nxt
+    return pm
 
 
 @kernel
@@ -729,19 +772,18 @@ def is_unique_mst_sorted(X, src, dst, weight_sq):
 
 
 @kernel(parallel=True)
-def incremental_packed(X, starts, offsets, n_old, drop, e_src, e_dst, e_w, e_offsets, out_offsets, order,
-                       min_cluster_size, min_samples, want_state, leaf, allow_single_cluster, epsilon):
+def incremental_packed(X, starts, offsets, n_old, drop, edges, e_offsets, out_offsets, order, min_cluster_size,
+                       min_samples, want_state, leaf, allow_single_cluster, epsilon):
     """One step over packed problems (rows starts[p]:offsets[p + 1] of X [N, d] f64; rows offsets[p]:starts[p] are
-    skipped). Problem p with n_old[p] >= 0
-    is updated from its old unique MST over n_old[p] rows, the first drop[p] of them gone (edges
-    e_offsets[p]:e_offsets[p + 1] of e_src, e_dst [E] int64, e_w [E] f64
-    squared); n_old[p] = -1, or a tie, means full recomputation, after which the MST is kept (checked unique) where
-    want_state[p] and min_samples == 1. -> labels [N] int64 (-1 on skipped rows), the new MSTs src, dst, w_sq
-    packed by out_offsets (n_p - 1 each; filled only where ok), ok [P] bool (MST stored and provably unique)."""
+    skipped). Problem p with n_old[p] >= 0 is updated from its old unique MST over n_old[p] rows, the first drop[p]
+    of them gone: columns e_offsets[p]:e_offsets[p + 1] of edges [3, E] f64 (rows: u, v as integral values, squared
+    weight; sorted by weight). n_old[p] = -1, or a tie, means full recomputation, after which the MST is kept
+    (checked unique) where want_state[p] and min_samples == 1. -> labels [N] int64 (-1 on skipped rows), the new
+    MSTs as out [3, out_offsets[-1]] f64 in the same layout, packed by out_offsets (n_p - 1 columns each; filled only
+    where ok), ok [P] bool (MST stored and provably unique)."""
     P = offsets.shape[0] - 1
     labels = np.full(X.shape[0], -1, dtype=np.int64)
-    E = out_offsets[-1]
-    src, dst, wsq = np.zeros(E, dtype=np.int64), np.zeros(E, dtype=np.int64), np.zeros(E)
+    out = np.empty((3, out_offsets[-1]))
     ok = np.zeros(P, dtype=np.bool_)
     for t in prange(order.shape[0]):
         p = order[t]
@@ -750,20 +792,21 @@ def incremental_packed(X, starts, offsets, n_old, drop, e_src, e_dst, e_w, e_off
         good = False
         if n_old[p] >= 0:
             ea, eb = e_offsets[p], e_offsets[p + 1]
-            s, dd, w, good = incremental_mst(X[a:b], n_old[p], drop[p], e_src[ea:eb], e_dst[ea:eb], e_w[ea:eb])
+            s, dd, w, good = incremental_mst(X[a:b], n_old[p], drop[p], edges[0, ea:eb].astype(np.int64),
+                                             edges[1, ea:eb].astype(np.int64), edges[2, ea:eb])
             if good and n >= 2:
-                src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = s, dd, w
+                out[0, o:o + n - 1], out[1, o:o + n - 1], out[2, o:o + n - 1] = s, dd, w
+                if n >= max(2, min_cluster_size):
+                    labels[a:b] = labels_from_sorted_mst(s, dd, w, min_cluster_size, leaf, allow_single_cluster,
+                                                         epsilon)
         if not good and n >= 2 and (n >= min_cluster_size or (want_state[p] and min_samples == 1)):
             s, dd, w = mst_one(X[a:b], min_samples)  # the full engine's MST
             good = want_state[p] and min_samples == 1 and is_unique_mst_sorted(X[a:b], s, dd, w)
             if good:
-                src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1] = _sorted_by_weight(s, dd, w)
+                out[0, o:o + n - 1], out[1, o:o + n - 1], out[2, o:o + n - 1] = _sorted_by_weight(s, dd, w)
             if n >= max(2, min_cluster_size):
                 labels[a:b] = tree_labels(s, dd, w, min_cluster_size, leaf, allow_single_cluster, epsilon)
-        elif good and n >= max(2, min_cluster_size):
-            labels[a:b] = labels_from_sorted_mst(src[o:o + n - 1], dst[o:o + n - 1], wsq[o:o + n - 1],
-                                                 min_cluster_size, leaf, allow_single_cluster, epsilon)
         elif not good and n < 2 and want_state[p] and min_samples == 1:
             good = True  # no edges: trivially unique
         ok[p] = good
-    return labels, src, dst, wsq, ok
+    return labels, out, ok

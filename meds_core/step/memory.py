@@ -60,7 +60,7 @@ _INCREMENTAL_FROM = 0  # memories above this many rows (after the step) cluster 
 def _empty_state(min_samples: int) -> tuple[np.ndarray, ...]:
     """The incremental clustering state of no rows: an empty MST (min_samples 1) or empty neighbour lists."""
     if min_samples == 1:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+        return np.empty((3, 0))
     return np.empty((min_samples, 0)), np.empty((min_samples, 0), np.int32)
 
 
