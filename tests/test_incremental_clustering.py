@@ -13,6 +13,19 @@ from meds_core.clustering import hdbscan_batch, hdbscan_incremental, mst_edges
 
 pytest.importorskip("numba")
 
+@pytest.fixture(autouse=True, scope="module")
+def _reconnect_always():
+    """The tests below drop rows from small memories to reach the FIFO reconnect quickly; below about 200 rows the
+    engine recomputes such drops in full instead (measured cheaper there), so the rule is switched off here and
+    tested on its own in ``test_small_caps_recompute_drops_in_full_and_large_caps_reconnect``."""
+    from meds_core.clustering import _incremental
+
+    saved = _incremental.RECONNECT_MIN_ROWS, _incremental.RECONNECT_ROWS_PER_DROP
+    _incremental.RECONNECT_MIN_ROWS = _incremental.RECONNECT_ROWS_PER_DROP = 0
+    yield
+    _incremental.RECONNECT_MIN_ROWS, _incremental.RECONNECT_ROWS_PER_DROP = saved
+
+
 PARAMS = [dict(min_cluster_size=2, min_samples=1), dict(min_cluster_size=5, min_samples=5),
           dict(min_cluster_size=3, min_samples=1, cluster_selection_method="leaf"),
           dict(min_cluster_size=2, min_samples=1, cluster_selection_epsilon=0.3),
@@ -461,3 +474,29 @@ def test_neighbour_lists_at_the_cap_equal_full_recomputation(seed, d, decimals, 
             np.testing.assert_array_equal(again[0], K)
         state, n_old = new_state, len(rows)
     assert kept_lists > 0
+
+
+def test_small_caps_recompute_drops_in_full_and_large_caps_reconnect(monkeypatch):
+    """A FIFO drop is reconnected only from n >= 192 + 16 * drop rows (where it measured cheaper than Prim's); below,
+    the memory is recomputed in full and keeps no MST. Labels equal full recomputation either way."""
+    from meds_core.clustering import _incremental
+
+    monkeypatch.setattr(_incremental, "RECONNECT_MIN_ROWS", 192)
+    monkeypatch.setattr(_incremental, "RECONNECT_ROWS_PER_DROP", 16)
+    pays = _incremental.reconnect_pays(np.array([448, 447, 10, 208, 207]), np.array([16, 16, 0, 1, 1]))
+    assert pays.tolist() == [True, False, True, True, False]
+    X = _stream(5, 600, 3, 8, 0.0)
+    for cap, reconnects in ((64, False), (448, True)):
+        state, n_old, lo, hi, kept_at_cap = np.empty((3, 0)), 0, 0, 0, 0
+        while hi < cap + 48:
+            hi += 16
+            gone = max(hi - lo - cap, 0)
+            lo += gone
+            (got,), (state,) = hdbscan_incremental([X[lo:hi]], [n_old], [state], 2, drop=[gone])
+            np.testing.assert_array_equal(got, hdbscan_batch([X[lo:hi]], 2, 1)[0], err_msg=f"cap {cap} rows {lo}:{hi}")
+            if gone:
+                kept_at_cap += state is not None
+            else:
+                assert state is not None, "growing memories keep their MST"
+            n_old = hi - lo if state is not None else -1
+        assert kept_at_cap == (3 if reconnects else 0), cap

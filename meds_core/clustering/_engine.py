@@ -211,7 +211,8 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     min_cluster_size, min_samples, cluster_selection_method, allow_single_cluster, cluster_selection_epsilon
         As in :func:`hdbscan_batch`.
     drop : sequence of int, optional
-        Previous rows dropped from the front (0 <= drop[i] <= n_old[i]); default none.
+        Previous rows dropped from the front (0 <= drop[i] <= n_old[i]); default none. Also read where n_old[i] is
+        -1 (``min_samples == 1``): see Notes on drops too large for the reconnect.
     want_state : sequence of bool, optional
         Where False, a problem recomputed in full returns no state (saves the O(n^2 d) uniqueness check of
         ``min_samples == 1``). Default all True.
@@ -238,7 +239,10 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     for uniqueness in O(n^2 d) (about as long as the full clustering itself) and kept when unique. A first clustering
     (``n_old = 0``, empty MST) is incremental. Cost per problem: O(n * m * d) for m new rows, plus O(outside * n * d)
     after a FIFO drop (outside: rows cut off from the largest remaining piece of the old tree), plus the O(n log n)
-    tree stage. See :mod:`._incremental`.
+    tree stage. See :mod:`._incremental`. A drop is reconnected only where that is cheaper than Prim's, measured:
+    n >= 192 + 16 * drop[i] rows after the step (:func:`._incremental.reconnect_pays`). Below it the problem is
+    recomputed in full and returns no state, whatever ``want_state`` says (a memory at its cap stays there, so a
+    rebuilt MST would only add the uniqueness check).
 
     ``min_samples > 1``: mutual-reachability weights tie wherever a core distance dominates, so the MST is not unique
     and Prim's own run decides the tree; only the core distances are incremental (each row's nearest rows kept,
@@ -252,6 +256,7 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
                                                allow_single_cluster, cluster_selection_epsilon)
     import numba
 
+    from meds_core.clustering import _incremental
     from meds_core.clustering._incremental import incremental_packed
     from meds_core.clustering._incremental_core import incremental_core_packed
 
@@ -262,14 +267,17 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
     states: list = [None] * P
     if P == 0:
         return labels, states
-    nold = np.array([(-1 if (s is None or k < 0) else int(k)) for k, s in zip(n_old, old_msts)], dtype=np.int64)
+    nold = np.asarray(n_old, dtype=np.int64).reshape(-1)
+    if len(nold) != P or len(old_msts) != P:
+        raise ValueError(f"hdbscan_incremental: {P} problems but {len(nold)} n_old and {len(old_msts)} old_msts.")
+    nold = np.where(np.fromiter((s is None for s in old_msts), dtype=np.bool_, count=P) | (nold < 0), -1, nold)
     dropped = np.zeros(P, dtype=np.int64) if drop is None else np.asarray(drop, dtype=np.int64)
     want = np.ones(P, dtype=np.bool_) if want_state is None else np.asarray(want_state, dtype=np.bool_)
     if ms == 1:
         empty = np.empty((3, 0))
     else:
         empty = (np.empty((ms, 0)), np.empty((ms, 0), np.int32))
-    old = [s if (k >= 0 and s is not None) else empty for k, s in zip(nold.tolist(), old_msts)]
+    old = [empty if k < 0 else s for k, s in zip(nold.tolist(), old_msts)]
     for X, offs, members in _pack(problems, offsets):
         if check_finite:
             _check_finite(X, offs, members)
@@ -282,10 +290,9 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
         grp_old = [old[i] for i in members.tolist()]
         g_nold = nold[members]
         if ms == 1:
-            e_len = np.fromiter((s.shape[-1] for s in grp_old), dtype=np.int64, count=len(members))
-            shaped = np.fromiter((s.ndim == 2 and s.shape[0] == 3 for s in grp_old), dtype=np.bool_,
-                                 count=len(members))
-            fits = shaped & (e_len == np.maximum(g_nold - 1, 0))
+            e_len = np.fromiter((s.shape[1] if s.ndim == 2 and s.shape[0] == 3 else -1 for s in grp_old),
+                                dtype=np.int64, count=len(members))  # -1: not a state of this layout
+            fits = e_len == np.maximum(g_nold - 1, 0)
         else:
             e_len = np.fromiter((s[0].shape[1] for s in grp_old), dtype=np.int64, count=len(members))
             fits = np.fromiter((s[0].shape[0] == ms and s[1].shape == s[0].shape for s in grp_old), dtype=np.bool_,
@@ -312,10 +319,14 @@ def hdbscan_incremental(problems: Sequence[np.ndarray], n_old: Sequence[int], ol
             continue
         out_offs = np.zeros(len(members) + 1, dtype=np.int64)
         np.cumsum(np.maximum(sizes - 1, 0), out=out_offs[1:])
+        g_want = want[members]
+        full = ~_incremental.reconnect_pays(sizes, g_drop)  # a drop too large for the reconnect to pay
+        if full.any():
+            g_nold, g_want = np.where(full, -1, g_nold), g_want & ~full
         edges = np.ascontiguousarray(np.concatenate(grp_old, axis=1) if len(grp_old) > 1 else grp_old[0],
                                      dtype=np.float64)
         lab, out, ok = incremental_packed(X, first, offs, g_nold, g_drop, edges, e_offs, out_offs, order, mcs, ms,
-                                          want[members], leaf, single, eps)
+                                          g_want, leaf, single, eps)
         cuts, ends, good = first.tolist(), offs[1:].tolist(), ok.tolist()
         o = out_offs.tolist()
         for j, i in enumerate(members.tolist()):

@@ -171,7 +171,9 @@ class ErrorMemory:
     each memory keeps its MST and a step costs O(n * m * d) for m new rows instead of O(n^2 * d); with
     ``min_samples > 1`` each memory keeps its rows' nearest neighbours, so only the core distances are incremental
     and Prim's O(n^2 * d) tree remains. Full recomputation otherwise: other backends (GPU, library loops), a
-    memory's first touch after :meth:`load`, and (``min_samples = 1``) memories whose MST is not unique (exact ties).
+    memory's first touch after :meth:`load`, and (``min_samples = 1``) memories whose MST is not unique (exact ties)
+    and memories at a cap too small for reconnecting the MST after the FIFO drop to pay (fewer than 192 + 16 * drop
+    rows: there the drop is recomputed in full every step and no MST is kept).
     """
 
     def __init__(self, config: MEDSConfig | None = None):
@@ -398,7 +400,7 @@ class ErrorMemory:
             calls = int(any(self._engine.can_cluster(n, self._params) for _, _, n in staged))
         slots = self._slots
         for mk, (slot, start, n), lab in zip(batch.keys, staged, labels):
-            old = slots.pop(mk, None)
+            old = slots.get(mk)  # the loop below puts every visited memory at the end
             self._total += n - (old.n if old is not None else 0)
             slot.start, slot.n, slot.labels = start, n, lab.astype(np.int32)
             slots[mk] = slot
@@ -431,25 +433,25 @@ class ErrorMemory:
         clustering plus the uniqueness check) made that step 1.9x slower than full recomputation in the stream
         benchmark, more than the small-memory steps lose. (These kernel times were measured with the earlier
         Chin-Houck candidate filter; the leaf-order filter that replaced it is cheaper still.)"""
-        n_old, old, drop, want, wait = [], [], [], [], []
+        M = len(staged)
+        prevs = list(map(self._slots.get, batch.keys))
+        new = np.fromiter((p is None for p in prevs), dtype=bool, count=M)
+        had = np.fromiter((0 if p is None else p.n for p in prevs), dtype=np.int64, count=M)
+        waited = np.fromiter((0 if p is None else p.state_wait for p in prevs), dtype=np.int64, count=M)
+        wait = np.maximum(waited - 1, 0)
+        kept = [None if p is None else p.state for p in prevs]
+        n = offsets[1:] - starts  # rows after the step
+        gone = had + batch.counts - n  # oldest rows dropped at the cap
+        fits = ~new & (gone >= 0) & (gone <= had)
+        drop = np.where(fits, gone, 0)
+        has = fits & np.fromiter((s is not None for s in kept), dtype=bool, count=M)
+        fresh = new & (n > _INCREMENTAL_FROM)  # a new memory: its state grows from the empty one
+        n_old = np.where(has, had, np.where(fresh, 0, -1))
         empty = _empty_state(self._params.min_samples)
-        for mk, (_, _, n), m in zip(batch.keys, staged, batch.counts.tolist()):
-            prev = self._slots.get(mk)
-            gone = (prev.n if prev is not None else 0) + m - n  # oldest rows dropped at the cap
-            drop.append(gone if prev is not None and 0 <= gone <= prev.n else 0)
-            w = 0 if prev is None else max(prev.state_wait - 1, 0)
-            if prev is not None and prev.state is not None and 0 <= gone <= prev.n:
-                n_old.append(prev.n)
-                old.append(prev.state)
-            elif prev is None and n > _INCREMENTAL_FROM:  # a new memory: its state grows from the empty one
-                n_old.append(0)
-                old.append(empty)
-            else:
-                n_old.append(-1)
-                old.append(None)
-            want.append(w == 0 and n > _INCREMENTAL_FROM)
-            wait.append(w)
-        if not any(want) and all(o is None for o in old):  # nothing to update or build: the plain full engine
+        old = [s if h else (empty if f else None) for s, h, f in zip(kept, has.tolist(), fresh.tolist())]
+        want = ((wait == 0) & (n > _INCREMENTAL_FROM)).tolist()
+        wait = wait.tolist()
+        if not any(want) and not (has | fresh).any():  # nothing to update or build: the plain full engine
             for (slot, _, _), w in zip(staged, wait):
                 slot.state, slot.state_wait = None, w
             return self._engine.cluster([X[a:b] for a, b in zip(starts.tolist(), offsets[1:].tolist())], self._params)
