@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from meds_core.clustering._jit import kernel
+from meds_core.clustering._sort import stable_argsort
 
 
 @kernel
@@ -32,7 +33,7 @@ def single_linkage(src, dst, weight_sq):
 
     Edges are merged by increasing distance; equal distances keep MST order (stable sort)."""
     dist_e = np.sqrt(weight_sq)
-    return merge_in_order(src, dst, dist_e, np.argsort(dist_e, kind="mergesort"))
+    return merge_in_order(src, dst, dist_e, stable_argsort(dist_e))
 
 
 @kernel

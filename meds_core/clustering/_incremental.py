@@ -35,6 +35,7 @@ from meds_core.clustering._condensed_tree import _root, merge_in_order
 from meds_core.clustering._core_distances import min_bits, sq_dists_from, sq_dists_upto
 from meds_core.clustering._jit import kernel
 from meds_core.clustering._pipeline import _transposed, labels_from_merges, mst_one, tree_labels
+from meds_core.clustering._sort import stable_argsort
 
 
 @kernel
@@ -165,7 +166,7 @@ def _kruskal_merge(n, au, av, aw, bu, bv, bw):
 @kernel
 def _sorted_by_weight(u, v, w):
     """The edges (u, v [k] int64, w [k] f64) sorted by w, stable. -> u, v, w."""
-    order = np.argsort(w, kind="mergesort")
+    order = stable_argsort(w)
     return u[order], v[order], w[order]
 
 
@@ -231,7 +232,7 @@ def _bridge_bounds(XT, c, k, pu, pv):
     ub = np.empty(max(k - 1, 0), dtype=np.int64)
     uw = np.empty(max(k - 1, 0))
     t = 0
-    for z in np.argsort(pw, kind="mergesort"):
+    for z in stable_argsort(pw):
         a, b = c[pu[z]], c[pv[z]]
         ra, rb = _root(parent, a), _root(parent, b)
         if ra != rb:
@@ -355,7 +356,7 @@ def _reconnect(XT, kept, fu, fv, fw, pu, pv):
         start[q + 1] += start[q]
     fill = start[:k].copy()
     perm = np.empty(kept, dtype=np.int64)
-    for i in np.argsort(XT[qa, :kept], kind="mergesort"):
+    for i in stable_argsort(XT[qa, :kept]):
         r = rank[c[i]]
         perm[fill[r]] = i
         fill[r] += 1
@@ -744,7 +745,7 @@ def is_unique_mst_sorted(X, src, dst, weight_sq):
     n, d = X.shape
     if n < 3:
         return True
-    left, right, dist, size = merge_in_order(src, dst, weight_sq, np.argsort(weight_sq, kind="mergesort"))
+    left, right, dist, size = merge_in_order(src, dst, weight_sq, stable_argsort(weight_sq))
     leaf = np.empty(n, dtype=np.int64)
     gap = np.empty(n - 1)  # gap[i]: squared weight of the merge that joins leaf[i] and leaf[i + 1]
     stack = np.empty(3 * n, dtype=np.int64)
