@@ -105,3 +105,20 @@ def test_hdbscan_params_are_validated_once_when_built():
     # the step's rule: fewer than min_rows rows is noise without a backend call, also where the engine would cluster
     out = cluster_batch([_blobs(0)[:4], _blobs(0)[:5]], HDBSCANParams(2, 4), backend="hdbscan")
     assert out[0].tolist() == [-1] * 4 and len(out[1]) == 5
+
+
+@pytest.mark.parametrize("n", [500, 512, 1008, 1024, 1030])
+def test_numba_vote_with_padded_scratch_rows_matches_brute_force(n):
+    """Near multiples of 512 stored rows the numba vote pads its scratch rows (cache sets); votes and supports
+    stay those of the brute-force rule, with ties from discrete coordinates."""
+    pytest.importorskip("numba")
+    from meds_core.clustering._vote import knn_vote_rows_numba
+
+    rng = np.random.default_rng(n)
+    S = _unit(np.c_[rng.integers(-2, 3, size=(n, 4)), np.ones(n)])  # no zero rows; many exact ties
+    lab = rng.integers(-1, 6, size=n)
+    Q = _unit(np.c_[rng.integers(-2, 3, size=(9, 4)), np.ones(9)])
+    got, support = knn_vote_rows_numba(S, np.array([0]), np.array([n]), lab, Q, np.array([9]), 3)
+    want = brute_vote(S, lab, Q, 3)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(support, [(lab == w).sum() for w in want])
