@@ -294,7 +294,8 @@ def _fmt(v, spec=".1f"):
     return "n/a" if v is None else format(v, spec)
 
 
-def markdown(rows: list[dict], args, threads: int) -> str:
+def markdown(rows: list[dict], args, threads: int, env: dict | None = None, load: tuple = (),
+             minutes: float = 0.0) -> str:
     sizes = sorted({r["n"] for r in rows})
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     lines = ["# One MEDS memory step on CPU: k-NN vote + cluster sizes + re-cluster (ms per step)", "",
@@ -304,7 +305,10 @@ def markdown(rows: list[dict], args, threads: int) -> str:
              "A `*k` suffix: timed on k of the P memories and scaled to P; the reference step is always timed so. "
              f"Library loops {'on a subset (--quick)' if args.quick else 'on every memory'}; engine rows: median of "
              f"{args.repeats} steps on every memory, each memory recomputed in full; BLAS on one thread. `!` marks a "
-             f"measurement whose CPU-pressure stall share stayed above {MAX_STALL} (another task took CPU).", ""]
+             f"measurement whose CPU-pressure stall share stayed above {MAX_STALL} (another task took CPU)."
+             + (f" loadavg {' '.join(load[0])} at start, {' '.join(load[1])} at end; {minutes:.1f} min."
+                if load else ""),
+             ""] + ([_environment_line(env), ""] if env else [])
     for P in sorted({r["P"] for r in rows}):
         for d in sorted({r["d"] for r in rows}):
             for mcs, ms in SETTINGS:
@@ -552,6 +556,7 @@ def main():
     from threadpoolctl import threadpool_limits
 
     rows = []
+    load_start, t_start = open("/proc/loadavg").read().split()[:3], time.perf_counter()
     with threadpool_limits(limits=1, user_api="blas"):
         for P, n, d, mcs, ms in grid:
             rows += measure_cell(Cell(P, n, d, mcs, ms), args, numba, progress)
@@ -559,14 +564,17 @@ def main():
                 json.dump(rows, f)
     progress.close()
     os.remove(args.out + ".partial.json")
-    table = markdown(rows, args, threads)
+    load, minutes, env = (load_start, open("/proc/loadavg").read().split()[:3]), (time.perf_counter() - t_start) / 60, \
+        _environment()
+    table = markdown(rows, args, threads, env, load, minutes)
     print(table)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out + ".md", "w") as f:
         f.write(table + "\n")
     with open(args.out + ".json", "w") as f:
         json.dump({"args": vars(args), "machine": platform.machine(), "cpus": os.cpu_count(), "numba_threads": threads,
-                   "python": platform.python_version(), "rows": rows}, f, indent=2)
+                   "python": platform.python_version(), "environment": env, "loadavg_start": load[0],
+                   "loadavg_end": load[1], "minutes": minutes, "rows": rows}, f, indent=2)
 
 
 if __name__ == "__main__":
