@@ -17,7 +17,7 @@ def rows_packed(parts: Sequence[np.ndarray], d: int, normalize: bool = True, new
     d : int
         Columns (used when there are no rows).
     normalize : bool
-        Divide every row by its L2 norm (zero rows stay zero); else only convert.
+        Scale every row to unit L2 norm (zero rows stay zero); else only convert.
     new_rows : ndarray of shape (V, d), float32, optional
         With ``new_counts`` ([P] int, summing to V): block p is parts[p] followed by the next new_counts[p] rows of
         ``new_rows`` (e.g. a memory's stored rows, then its rows of this step).
@@ -28,8 +28,9 @@ def rows_packed(parts: Sequence[np.ndarray], d: int, normalize: bool = True, new
     Notes
     -----
     Parallel numba kernels with a fixed order of operations per row (squares summed in column order, one square
-    root, one division per value): a row comes out bit for bit the same whichever call, position or thread handles
-    it, so rows normalised when they arrive equal the same rows normalised again in a later step.
+    root and one reciprocal, then one product per value): a row comes out bit for bit the same whichever call,
+    position or thread handles it, so rows normalised when they arrive equal the same rows normalised again in a
+    later step. A normalised value can differ from ``x / norm`` in its last bit.
 
     Returns
     -------

@@ -1,9 +1,9 @@
 """The kernels of :func:`meds_core.clustering.rows_packed`: float32 rows written into one float64 array, L2-normalised
 or not, in parallel (no float32 concatenation, no float64 temporaries).
 
-The arithmetic is fixed (squares summed in column order, one square root, one division per value), so a row comes out
-bit for bit the same whichever call, position or thread handles it: rows normalised when they arrive equal the same
-rows normalised again in a later step, which the incremental clustering relies on.
+The arithmetic is fixed (squares summed in column order, one square root and one reciprocal per row, one product per
+value), so a row comes out bit for bit the same whichever call, position or thread handles it: rows normalised when
+they arrive equal the same rows normalised again in a later step, which the incremental clustering relies on.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from meds_core.clustering._jit import kernel
 
 @kernel
 def _put_row(x, out, o, normalize):
-    """out[o] = x [d] f32 as float64, divided by its L2 norm under ``normalize`` (a zero row stays zero)."""
+    """out[o] = x [d] f32 as float64, times the reciprocal of its L2 norm under ``normalize`` (a zero row stays zero;
+    one division per row, not per value: the kernel was bound by the divisions)."""
     d = out.shape[1]
     scale = 1.0
     if normalize:
@@ -25,9 +26,9 @@ def _put_row(x, out, o, normalize):
             v = np.float64(x[k])
             s += v * v
         if s > 0.0:
-            scale = np.sqrt(s)
+            scale = 1.0 / np.sqrt(s)
     for k in range(d):
-        out[o, k] = np.float64(x[k]) / scale
+        out[o, k] = np.float64(x[k]) * scale
 
 
 @kernel(parallel=True)
