@@ -275,8 +275,10 @@ def _environment() -> dict:
         here = os.path.dirname(os.path.abspath(__file__))
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                 cwd=here).stdout.strip()
-        if commit and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                                     text=True, cwd=here).stdout.strip():
+        # results written by an earlier benchmark of the same run are not changes to the code measured
+        status = ["git", "status", "--porcelain", "--untracked-files=no", "--", ":/",
+                  ":(top,exclude)benchmarks/results"]
+        if commit and subprocess.run(status, capture_output=True, text=True, cwd=here).stdout.strip():
             commit += " with uncommitted changes"
     except OSError:
         commit = ""
